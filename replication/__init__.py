@@ -1,0 +1,7 @@
+"""Storage-level replication of ZODB FileStorages (usable without ZooKeeper).
+
+``PrimaryStorage`` streams every committed transaction (records and blobs)
+to ``SecondaryStorage`` replicas, which apply them atomically, pass the
+invalidations to their own clients and can feed further secondaries.
+"""
+from .storage import PrimaryStorage, SecondaryStorage  # noqa: F401

@@ -1,0 +1,372 @@
+"""The replication wire protocol: messages, framing and checksums (no I/O).
+
+Connection
+==========
+A *secondary* connects to a *source* (a primary, or another secondary that
+feeds a chain).  Each side first sends the 6-byte preamble ``b"ZKZR"`` +
+protocol version (unsigned 16-bit, big endian), then length-prefixed frames::
+
+    frame   := length:u32  tag:u8  payload:(length - 1 bytes)
+
+``length`` counts the tag and payload and is at most ``MAX_FRAME``; a larger
+length, an unknown tag or a payload that does not decode ends the
+connection with a ``ProtocolError`` naming what was wrong.  Nothing that a
+peer sends is ever unpickled.
+
+Conversation
+============
+::
+
+    secondary                                source
+    ---------                                ------
+    preamble, HELLO(last tid, digest of   ->
+      that transaction, epoch, flags, name)
+                                          <- preamble, WELCOME(source last tid,
+                                               epoch)    or REFUSE(reason)
+                                          <- TXN, RECORD..., [CHUNK...], END
+                                             (one group per transaction,
+                                              oldest first, catch-up then live)
+                                          <- HEARTBEAT(source last tid, epoch)
+                                             when idle for keep-alive-delay
+    ACK(last durable tid)                 ->  after commits, and when idle
+
+The source checks that HELLO's tid exists in its history and that its own
+transaction with that tid has the same digest; otherwise it answers REFUSE
+with code ``DIVERGENT`` and the secondary stops replicating (its data is
+never overwritten).  A tid of eight zero bytes means "empty: send everything".
+
+Transactions
+============
+``TXN`` carries the transaction metadata (tid, status, user, description and
+the raw extension bytes), ``RECORD`` one data record (oid, serial, backpointer
+tid, flags, data length, blob length) with its data inline when it is at most
+``INLINE_DATA`` bytes, else followed by ``CHUNK`` frames; a blob record's
+file content follows as ``CHUNK`` frames (none for a 0-byte blob, none when
+blob replication is off).  ``END`` repeats the tid and carries the
+transaction digest; the secondary compares it with the digest of what it
+received before it votes, so a corrupted record is never committed.
+
+The digest (``TransactionDigest``) is BLAKE2b-256 over the metadata and every
+record's oid, serial, data (or its absence) and blob length; it is the same
+whether computed from the stream or from a storage's iterator, which makes it
+the history proof in HELLO.
+
+Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
+
+    HELLO      epoch:u64 tid:8 digest:32 flags:u16 name_len:u16 name
+    WELCOME    epoch:u64 last_tid:8
+    REFUSE     code:u8 message(utf-8)
+    TXN        tid:8 status:1 user_len:u16 desc_len:u16 ext_len:u32
+               user desc ext
+    RECORD     oid:8 serial:8 data_txn:8 flags:u8 data_len:u32 blob_len:u64
+               [data if data_len <= INLINE_DATA]
+    CHUNK      bytes
+    END        tid:8 digest:32
+    HEARTBEAT  epoch:u64 last_tid:8
+    ACK        tid:8
+"""
+import hashlib
+import struct
+from collections import namedtuple
+
+MAGIC = b"ZKZR"
+VERSION = 1
+PREAMBLE = struct.Struct(">4sH")
+PREAMBLE_SIZE = PREAMBLE.size
+
+FRAME_HEADER = struct.Struct(">IB")
+MAX_FRAME = 4 * 1024 * 1024 + 64
+CHUNK_SIZE = 1024 * 1024
+INLINE_DATA = 1024 * 1024
+
+Z64 = b"\0" * 8
+DIGEST_SIZE = 32
+NO_DIGEST = b"\0" * DIGEST_SIZE
+
+# HELLO flags
+WANT_BLOBS = 1
+
+# RECORD flags
+HAS_DATA = 1      # data is not None (None: creation undone)
+IS_BLOB = 2       # a blob record; blob_len bytes of file follow as CHUNKs
+BLOB_SENT = 4     # the blob's content is in the stream
+HAS_DATA_TXN = 8  # data_txn is a backpointer hint
+
+# REFUSE codes
+UNSUPPORTED_VERSION = 1
+DIVERGENT = 2
+STALE_EPOCH = 3
+NOT_READY = 4
+
+REFUSE_NAMES = {UNSUPPORTED_VERSION: "unsupported version",
+                DIVERGENT: "divergent history",
+                STALE_EPOCH: "stale epoch",
+                NOT_READY: "not ready"}
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+def preamble():
+    return PREAMBLE.pack(MAGIC, VERSION)
+
+
+def parse_preamble(data):
+    """Return the peer's protocol version, or raise ProtocolError."""
+    magic, version = PREAMBLE.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(
+            f"not a zkzeo replication peer (first bytes {bytes(data)!r})")
+    return version
+
+
+def frame(tag, payload=b""):
+    return FRAME_HEADER.pack(len(payload) + 1, tag) + payload
+
+
+# --- messages ------------------------------------------------------------
+# Each message is a namedtuple with a TAG, encode() -> frame bytes and a
+# decode(payload) classmethod; DECODERS maps tags to classes.
+
+def _message(name, tag, fields, layout):
+    base = namedtuple(name, fields)
+    st = struct.Struct(">" + layout)
+
+    class Message(base):
+        __slots__ = ()
+        TAG = tag
+        STRUCT = st
+
+        def encode(self):
+            return frame(tag, st.pack(*self))
+
+        @classmethod
+        def decode(cls, payload):
+            if len(payload) != st.size:
+                raise ProtocolError(
+                    f"{name} payload is {len(payload)} bytes, "
+                    f"expected {st.size}")
+            return cls(*st.unpack(payload))
+
+    Message.__name__ = Message.__qualname__ = name
+    return Message
+
+
+Welcome = _message("Welcome", ord("W"), "epoch last_tid", "Q8s")
+End = _message("End", ord("E"), "tid digest", "8s32s")
+Heartbeat = _message("Heartbeat", ord("B"), "epoch last_tid", "Q8s")
+Ack = _message("Ack", ord("A"), "tid", "8s")
+
+
+class Hello(namedtuple("Hello", "epoch tid digest flags name")):
+    __slots__ = ()
+    TAG = ord("H")
+    HEAD = struct.Struct(">Q8s32sHH")
+
+    def encode(self):
+        name = self.name.encode("utf-8")
+        return frame(self.TAG, self.HEAD.pack(
+            self.epoch, self.tid, self.digest, self.flags, len(name)) + name)
+
+    @classmethod
+    def decode(cls, payload):
+        head = cls.HEAD.size
+        if len(payload) < head:
+            raise ProtocolError("HELLO too short")
+        epoch, tid, digest, flags, name_len = cls.HEAD.unpack_from(payload)
+        if len(payload) != head + name_len:
+            raise ProtocolError("HELLO name length does not match")
+        name = bytes(payload[head:]).decode("utf-8", "replace")
+        return cls(epoch, tid, digest, flags, name)
+
+
+class Refuse(namedtuple("Refuse", "code message")):
+    __slots__ = ()
+    TAG = ord("X")
+
+    def encode(self):
+        return frame(self.TAG, bytes([self.code]) + self.message.encode())
+
+    @classmethod
+    def decode(cls, payload):
+        if not payload:
+            raise ProtocolError("empty REFUSE")
+        return cls(payload[0], bytes(payload[1:]).decode("utf-8", "replace"))
+
+
+class Txn(namedtuple("Txn", "tid status user description extension")):
+    """Transaction metadata; user, description and extension are bytes."""
+    __slots__ = ()
+    TAG = ord("T")
+    HEAD = struct.Struct(">8scHHI")
+
+    def encode(self):
+        return frame(self.TAG, self.HEAD.pack(
+            self.tid, self.status, len(self.user), len(self.description),
+            len(self.extension)) + self.user + self.description
+            + self.extension)
+
+    @classmethod
+    def decode(cls, payload):
+        head = cls.HEAD.size
+        if len(payload) < head:
+            raise ProtocolError("TXN too short")
+        tid, status, ul, dl, el = cls.HEAD.unpack_from(payload)
+        if len(payload) != head + ul + dl + el:
+            raise ProtocolError("TXN lengths do not match its payload")
+        payload = bytes(payload)
+        user = payload[head:head + ul]
+        desc = payload[head + ul:head + ul + dl]
+        ext = payload[head + ul + dl:]
+        return cls(tid, status, user, desc, ext)
+
+
+class Record(namedtuple("Record",
+                        "oid serial data_txn flags data_len blob_len data")):
+    """One data record; ``data`` is None when it follows as CHUNKs."""
+    __slots__ = ()
+    TAG = ord("R")
+    HEAD = struct.Struct(">8s8s8sBIQ")
+
+    def encode(self):
+        head = self.HEAD.pack(self.oid, self.serial, self.data_txn,
+                              self.flags, self.data_len, self.blob_len)
+        if self.data is not None:
+            return frame(self.TAG, head + self.data)
+        return frame(self.TAG, head)
+
+    @classmethod
+    def decode(cls, payload):
+        head = cls.HEAD.size
+        if len(payload) < head:
+            raise ProtocolError("RECORD too short")
+        oid, serial, data_txn, flags, data_len, blob_len = \
+            cls.HEAD.unpack_from(payload)
+        rest = len(payload) - head
+        if data_len <= INLINE_DATA:
+            if rest != data_len:
+                raise ProtocolError("RECORD data length does not match")
+            data = bytes(payload[head:])
+        else:
+            if rest:
+                raise ProtocolError("RECORD with large data has inline bytes")
+            data = None
+        return cls(oid, serial, data_txn, flags, data_len, blob_len, data)
+
+    @property
+    def inline(self):
+        return self.data_len <= INLINE_DATA
+
+
+class Chunk(namedtuple("Chunk", "data")):
+    __slots__ = ()
+    TAG = ord("C")
+
+    def encode(self):
+        return frame(self.TAG, self.data)
+
+    @classmethod
+    def decode(cls, payload):
+        return cls(bytes(payload))
+
+
+MESSAGES = (Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack)
+DECODERS = {m.TAG: m for m in MESSAGES}
+
+
+class FrameReader:
+    """Turns received bytes into messages; feed() then pop messages.
+
+    Frame lengths are checked against MAX_FRAME before anything is buffered
+    for them, so a peer cannot make us allocate more than that.
+    """
+
+    def __init__(self, max_frame=MAX_FRAME):
+        self.max_frame = max_frame
+        self.buffer = bytearray()
+        self.pos = 0
+
+    def feed(self, data):
+        if self.pos and self.pos == len(self.buffer):
+            self.buffer.clear()
+            self.pos = 0
+        self.buffer += data
+
+    def needed(self):
+        """How many more bytes the next frame needs (0 if one is ready)."""
+        avail = len(self.buffer) - self.pos
+        if avail < FRAME_HEADER.size:
+            return FRAME_HEADER.size - avail
+        length, _ = FRAME_HEADER.unpack_from(self.buffer, self.pos)
+        self._check_length(length)
+        return max(0, FRAME_HEADER.size - 1 + length - avail)
+
+    def _check_length(self, length):
+        if length == 0:
+            raise ProtocolError("zero-length frame")
+        if length > self.max_frame:
+            raise ProtocolError(
+                f"frame of {length} bytes exceeds the limit of "
+                f"{self.max_frame}")
+
+    def next(self):
+        """Return the next decoded message, or None if more bytes are needed.
+        """
+        buf = self.buffer
+        pos = self.pos
+        if len(buf) - pos < FRAME_HEADER.size:
+            return None
+        length, tag = FRAME_HEADER.unpack_from(buf, pos)
+        self._check_length(length)
+        end = pos + 4 + length
+        if len(buf) < end:
+            return None
+        cls = DECODERS.get(tag)
+        if cls is None:
+            raise ProtocolError(f"unknown message tag {tag}")
+        message = cls.decode(memoryview(buf)[pos + 5:end])
+        self.pos = end
+        if end > 1 << 20 and end * 2 > len(buf):
+            # drop consumed bytes now and then, not after every frame
+            del buf[:end]
+            self.pos = 0
+        return message
+
+    def __iter__(self):
+        while True:
+            message = self.next()
+            if message is None:
+                return
+            yield message
+
+
+class TransactionDigest:
+    """BLAKE2b-256 over a transaction's metadata and records.
+
+    Fed in the same order from a stream or from a storage iterator, so the
+    digest of a secondary's last transaction proves (in HELLO) that its
+    history agrees with the source's.
+    """
+
+    _meta = struct.Struct(">8scHHI")
+    _rec = struct.Struct(">8s8sBIQ")
+
+    def __init__(self, tid, status, user, description, extension):
+        self._h = h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        h.update(self._meta.pack(tid, status, len(user), len(description),
+                                 len(extension)))
+        h.update(user)
+        h.update(description)
+        h.update(extension)
+
+    def record(self, oid, serial, data, is_blob, blob_len):
+        flags = (HAS_DATA if data is not None else 0) | (
+            IS_BLOB if is_blob else 0)
+        self._h.update(self._rec.pack(oid, serial, flags,
+                                      len(data) if data else 0, blob_len))
+        if data:
+            self._h.update(data)
+
+    def digest(self):
+        return self._h.digest()

@@ -1,0 +1,105 @@
+"""Storage transactions to protocol messages, and their digests.
+
+A transaction read from a storage iterator is encoded once into
+``EncodedTransaction``: its frames as bytes, with blob contents left as
+``BlobRef`` placeholders that each connection streams from the file in
+chunks (so a blob is never whole in memory and never encoded twice).
+"""
+import os
+from collections import namedtuple
+
+import ZODB.blob
+import ZODB.interfaces
+from ZODB.utils import p64, u64
+
+from . import protocol
+from .protocol import (HAS_DATA, HAS_DATA_TXN, IS_BLOB, BLOB_SENT, Z64,
+                       INLINE_DATA, Chunk, End, Record, TransactionDigest, Txn)
+
+BlobRef = namedtuple("BlobRef", "path size")
+
+
+class EncodedTransaction(namedtuple("EncodedTransaction",
+                                    "tid parts size digest")):
+    """Frames of one transaction: ``parts`` are bytes or BlobRefs."""
+    __slots__ = ()
+
+
+def is_blob_storage(storage):
+    return ZODB.interfaces.IBlobStorage.providedBy(storage)
+
+
+def next_tid(tid):
+    return p64(u64(tid) + 1)
+
+
+def encode_transaction(storage, txn, send_blobs=True):
+    """Encode one iterator transaction record of ``storage``."""
+    user = txn.user or b""
+    desc = txn.description or b""
+    ext = txn.extension_bytes or b""
+    status = txn.status if isinstance(txn.status, bytes) else \
+        txn.status.encode("ascii")
+    digest = TransactionDigest(txn.tid, status, user, desc, ext)
+    out = [Txn(txn.tid, status, user, desc, ext).encode()]
+    parts = []
+    size = 0
+    blobs = is_blob_storage(storage)
+    for record in txn:
+        data = record.data
+        blob_len = 0
+        flags = 0
+        blob_path = None
+        if data is not None:
+            flags |= HAS_DATA
+            if blobs and ZODB.blob.is_blob_record(data):
+                flags |= IS_BLOB
+                blob_path = storage.loadBlob(record.oid, record.tid)
+                blob_len = os.path.getsize(blob_path)
+                if send_blobs:
+                    flags |= BLOB_SENT
+        data_txn = record.data_txn
+        if data_txn:
+            flags |= HAS_DATA_TXN
+        else:
+            data_txn = Z64
+        data_len = len(data) if data else 0
+        digest.record(record.oid, record.tid, data, flags & IS_BLOB, blob_len)
+        if data_len <= INLINE_DATA:
+            out.append(Record(record.oid, record.tid, data_txn, flags,
+                              data_len, blob_len, data or b"").encode())
+        else:
+            out.append(Record(record.oid, record.tid, data_txn, flags,
+                              data_len, blob_len, None).encode())
+            view = memoryview(data)
+            for start in range(0, data_len, protocol.CHUNK_SIZE):
+                out.append(Chunk(view[start:start + protocol.CHUNK_SIZE]
+                                 .tobytes()).encode())
+        size += data_len
+        if blob_path is not None and send_blobs and blob_len:
+            parts.append(b"".join(out))
+            out = []
+            parts.append(BlobRef(blob_path, blob_len))
+            size += blob_len
+    d = digest.digest()
+    out.append(End(txn.tid, d).encode())
+    parts.append(b"".join(out))
+    return EncodedTransaction(txn.tid, parts, size, d)
+
+
+def transaction_digest(storage, tid):
+    """The digest of ``storage``'s transaction ``tid``, or None if absent."""
+    if tid == Z64:
+        return protocol.NO_DIGEST
+    it = storage.iterator(tid, tid)
+    try:
+        for txn in it:
+            if txn.tid == tid:
+                return encode_transaction(storage, txn, send_blobs=False
+                                          ).digest
+            return None
+        return None
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

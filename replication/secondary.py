@@ -1,0 +1,430 @@
+"""The secondary side of replication: follow a source, apply its stream.
+
+A ``Follower`` is one greenlet on the replication hub (see ``hub.py``) that
+connects to a source, says where its storage stands (HELLO), and applies
+each streamed transaction atomically to the storage underneath the
+read-only ``SecondaryStorage``::
+
+    tpc_begin(tid, status) -> restore / restoreBlob ... -> digest check
+    -> tpc_vote -> tpc_finish -> committed(tid, oids) -> ACK
+
+Any error inside a transaction aborts it, so a secondary's storage only ever
+holds whole transactions.  Lost connections are retried with exponential
+backoff; a divergent history stops the follower for good (nothing is
+overwritten) and says what to do.
+"""
+import enum
+import logging
+import os
+import socket
+import tempfile
+import time
+
+import gevent
+import gevent.socket
+from ZODB.Connection import TransactionMetaData
+from ZODB.TimeStamp import TimeStamp
+
+from . import protocol
+from .address import format_address, parse_address
+from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
+                       Txn, Record, Chunk, End, TransactionDigest, Z64,
+                       HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
+from .records import is_blob_storage, transaction_digest
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    FOLLOWING = "following"
+    DIVERGED = "diverged"
+    STOPPED = "stopped"
+
+
+class Diverged(Exception):
+    """The source refused us because our history differs from its own."""
+
+
+def tid_time(tid):
+    return TimeStamp(tid).timeTime() if tid != Z64 else 0.0
+
+
+class PendingTransaction:
+    """A transaction being received: begun on the storage, not voted."""
+
+    def __init__(self, storage, txn):
+        self.storage = storage
+        self.tid = txn.tid
+        self.meta = TransactionMetaData(txn.user, txn.description,
+                                        txn.extension)
+        self.digest = TransactionDigest(txn.tid, txn.status, txn.user,
+                                        txn.description, txn.extension)
+        self.oids = []
+        self.record = None      # the Record whose data/blob is arriving
+        self.data = None        # bytearray of a large record's data
+        self.blob_file = None   # (fd, path) of a blob being received
+        self.blob_remaining = 0
+        storage.tpc_begin(self.meta, txn.tid, txn.status.decode("ascii"))
+        self.begun = True
+
+    def add_record(self, record, blob_dir):
+        if record.serial != self.tid:
+            raise ProtocolError(
+                f"record serial {record.serial.hex()} is not its "
+                f"transaction's tid {self.tid.hex()}")
+        self.record = record
+        if not record.inline:
+            self.data = bytearray()
+            return
+        self._data_complete(record.data, blob_dir)
+
+    def add_chunk(self, data, blob_dir):
+        if self.record is None:
+            raise ProtocolError("CHUNK outside a record")
+        if self.data is not None:
+            self.data += data
+            if len(self.data) > self.record.data_len:
+                raise ProtocolError("record data longer than announced")
+            if len(self.data) == self.record.data_len:
+                data, self.data = bytes(self.data), None
+                self._data_complete(data, blob_dir)
+            return
+        if self.blob_file is None:
+            raise ProtocolError("CHUNK outside a record")
+        if len(data) > self.blob_remaining:
+            raise ProtocolError("blob longer than announced")
+        os.write(self.blob_file[0], data)
+        self.blob_remaining -= len(data)
+        if not self.blob_remaining:
+            self._blob_complete()
+
+    def _data_complete(self, data, blob_dir):
+        record = self.record
+        if not record.flags & HAS_DATA:
+            data = None
+        self.record_data = data
+        is_blob = bool(record.flags & IS_BLOB)
+        self.digest.record(record.oid, record.serial, data, is_blob,
+                           record.blob_len)
+        if is_blob and record.flags & BLOB_SENT:
+            if blob_dir is None:
+                raise ProtocolError("blob record for a storage without blobs")
+            self.blob_file = tempfile.mkstemp(
+                suffix=".blob", dir=self.storage.temporaryDirectory())
+            self.blob_remaining = record.blob_len
+            if not self.blob_remaining:
+                self._blob_complete()
+            return
+        data_txn = record.data_txn if record.flags & HAS_DATA_TXN else None
+        self.storage.restore(record.oid, record.serial, data, "", data_txn,
+                             self.meta)
+        self.oids.append(record.oid)
+        self.record = None
+
+    def _blob_complete(self):
+        record = self.record
+        fd, path = self.blob_file
+        os.close(fd)
+        self.blob_file = None
+        data_txn = record.data_txn if record.flags & HAS_DATA_TXN else None
+        self.storage.restoreBlob(record.oid, record.serial, self.record_data,
+                                 path, data_txn, self.meta)
+        self.oids.append(record.oid)
+        self.record = None
+
+    def finish(self, end):
+        if self.record is not None:
+            raise ProtocolError("END inside a record")
+        if end.tid != self.tid:
+            raise ProtocolError(
+                f"END for {end.tid.hex()} inside transaction "
+                f"{self.tid.hex()}")
+        if end.digest != self.digest.digest():
+            raise ProtocolError(
+                f"checksum mismatch in transaction {self.tid.hex()}: the "
+                "data was corrupted on the way; nothing was committed")
+        self.storage.tpc_vote(self.meta)
+        self.storage.tpc_finish(self.meta)
+        self.begun = False
+        return self.oids
+
+    def abort(self):
+        if self.blob_file is not None:
+            fd, path = self.blob_file
+            os.close(fd)
+            if os.path.exists(path):
+                os.remove(path)
+            self.blob_file = None
+        if self.begun:
+            self.storage.tpc_abort(self.meta)
+            self.begun = False
+
+
+class Follower:
+    """Follows one source and applies its transactions to ``storage``.
+
+    ``committed(tid, oids)`` is called on the hub after each transaction is
+    durable (the secondary storage passes the invalidations on).
+    """
+
+    def __init__(self, storage, source_address, committed,
+                 keep_alive_delay=1.0, want_blobs=True, name="",
+                 epoch=lambda: 0, reconnect_min=0.1, reconnect_max=5.0,
+                 hub=None):
+        from .hub import get_hub
+        self.storage = storage
+        self.source_address = source_address
+        self.committed = committed
+        self.keep_alive_delay = keep_alive_delay
+        self.want_blobs = want_blobs and is_blob_storage(storage)
+        self.blob_dir = getattr(storage, "blob_dir", None) if \
+            is_blob_storage(storage) else None
+        self.name = name
+        self.epoch = epoch
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.hub = hub or get_hub()
+        self.state = State.CONNECTING
+        self.problem = None
+        self.source_last_tid = Z64
+        self.source_epoch = 0
+        self.connected_since = None
+        self._greenlet = None
+        self._sock = None
+
+    @property
+    def source(self):
+        a = self.source_address
+        return format_address(a) if not callable(a) else "(dynamic)"
+
+    def start(self):
+        self._greenlet = self.hub.call(gevent.spawn, self._run)
+
+    def stop(self):
+        def kill():
+            if self._greenlet is not None:
+                self._greenlet.kill()
+            self.state = State.STOPPED
+        self.hub.call(kill)
+
+    def status(self):
+        last = self.storage.lastTransaction()
+        source_last = max(self.source_last_tid, last)
+        return {
+            "source": self.source,
+            "state": self.state.value,
+            "problem": self.problem,
+            "last_tid": last.hex(),
+            "source_last_tid": source_last.hex(),
+            "lag_seconds": max(0.0, tid_time(source_last) - tid_time(last)),
+        }
+
+    # --- on the hub -----------------------------------------------------
+
+    def _run(self):
+        delay = self.reconnect_min
+        log = logger
+        while True:
+            source = self.source_address
+            address = parse_address(source() if callable(source) else source)
+            peer = format_address(address)
+            log = _adapter(self.name, peer)
+            try:
+                sock = _connect(address)
+            except OSError as e:
+                self.state = State.CONNECTING
+                self.problem = f"cannot connect to {peer}: {e}"
+                log.warning("cannot connect (%s); retrying in %.1fs", e,
+                            delay)
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            self._sock = sock
+            try:
+                self._session(sock, log)
+            except Diverged as e:
+                self.state = State.DIVERGED
+                self.problem = str(e)
+                log.critical(
+                    "replication stopped: %s. This secondary's data was "
+                    "left as it is. Rebuild it from the source (move its "
+                    "Data.fs aside and restart), or rewind it to the "
+                    "common history before replicating again.", e)
+                sock.close()
+                return
+            except ProtocolError as e:
+                self.problem = f"protocol error from {peer}: {e}"
+                log.error("dropping connection: %s", e)
+            except (OSError, ConnectionError, EOFError) as e:
+                self.problem = f"connection to {peer} lost: {e}"
+                log.warning("connection lost: %s", e or type(e).__name__)
+            except gevent.GreenletExit:
+                sock.close()
+                raise
+            except Exception as e:
+                self.problem = f"{type(e).__name__}: {e}"
+                log.exception("replication error")
+            finally:
+                was_following = self.state is State.FOLLOWING
+                if was_following:
+                    self.state = State.CONNECTING
+                self.connected_since = None
+            sock.close()
+            delay = self.reconnect_min if was_following else \
+                min(delay * 2, self.reconnect_max)
+            gevent.sleep(delay)
+
+    def _session(self, sock, log):
+        last_tid = self.storage.lastTransaction()
+        digest = transaction_digest(self.storage, last_tid)
+        if digest is None:
+            raise RuntimeError(f"cannot read own last transaction "
+                               f"{last_tid.hex()}")
+        flags = protocol.WANT_BLOBS if self.want_blobs else 0
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.sendall(protocol.preamble() + Hello(
+            self.epoch(), last_tid, digest, flags, self.name).encode())
+        reader = protocol.FrameReader()
+        buf = b""
+        while len(buf) < protocol.PREAMBLE_SIZE:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError("source closed the connection during the "
+                               "handshake")
+            buf += data
+        version = protocol.parse_preamble(buf[:protocol.PREAMBLE_SIZE])
+        reader.feed(buf[protocol.PREAMBLE_SIZE:])
+        answer = self._next_message(sock, reader)
+        if isinstance(answer, Refuse):
+            reason = protocol.REFUSE_NAMES.get(answer.code, answer.code)
+            if answer.code == protocol.DIVERGENT:
+                raise Diverged(f"divergent history: {answer.message}")
+            raise ProtocolError(f"source refused: {reason}: "
+                                f"{answer.message}")
+        if not isinstance(answer, Welcome):
+            raise ProtocolError(
+                f"expected WELCOME, got {type(answer).__name__}")
+        if version != protocol.VERSION:
+            raise ProtocolError(f"source speaks protocol version {version}")
+        self.source_epoch = answer.epoch
+        self.source_last_tid = answer.last_tid
+        self.state = State.FOLLOWING
+        self.problem = None
+        self.connected_since = time.time()
+        log.info("following from tid %s (source at %s)", last_tid.hex(),
+                 answer.last_tid.hex())
+        sock.settimeout(None)
+        self._receive(sock, reader, log)
+
+    def _next_message(self, sock, reader):
+        while True:
+            message = reader.next()
+            if message is not None:
+                return message
+            data = sock.recv(256 * 1024)
+            if not data:
+                raise EOFError("source closed the connection")
+            reader.feed(data)
+
+    def _receive(self, sock, reader, log):
+        pending = None
+        last_tid = self.storage.lastTransaction()
+        acked = last_tid
+        silence = self.keep_alive_delay * 3 + 1
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        try:
+            while True:
+                message = reader.next()
+                if message is None:
+                    if acked != last_tid:
+                        # Nothing more buffered: tell the source where we
+                        # are (one ACK per burst, not one per transaction).
+                        sock.sendall(Ack(last_tid).encode())
+                        acked = last_tid
+                    n = self._recv_into(sock, view, silence, last_tid)
+                    reader.feed(view[:n])
+                    continue
+                if isinstance(message, Record):
+                    if pending is None:
+                        raise ProtocolError("RECORD outside a transaction")
+                    pending.add_record(message, self.blob_dir)
+                elif isinstance(message, Chunk):
+                    if pending is None:
+                        raise ProtocolError("CHUNK outside a transaction")
+                    pending.add_chunk(message.data, self.blob_dir)
+                elif isinstance(message, Txn):
+                    if pending is not None:
+                        raise ProtocolError("TXN inside a transaction")
+                    if message.tid <= last_tid:
+                        raise ProtocolError(
+                            f"transaction {message.tid.hex()} is not after "
+                            f"our last one {last_tid.hex()}")
+                    pending = PendingTransaction(self.storage, message)
+                elif isinstance(message, End):
+                    if pending is None:
+                        raise ProtocolError("END outside a transaction")
+                    oids = pending.finish(message)
+                    pending = None
+                    last_tid = message.tid
+                    if last_tid > self.source_last_tid:
+                        self.source_last_tid = last_tid
+                    self.committed(last_tid, oids)
+                elif isinstance(message, Heartbeat):
+                    if pending is not None:
+                        raise ProtocolError("HEARTBEAT inside a transaction")
+                    self.source_last_tid = message.last_tid
+                    self.source_epoch = message.epoch
+                else:
+                    raise ProtocolError(
+                        f"unexpected {type(message).__name__} from a source")
+        finally:
+            if pending is not None:
+                log.warning("aborting incomplete transaction %s",
+                            pending.tid.hex())
+                pending.abort()
+
+    def _recv_into(self, sock, view, silence, last_tid):
+        waited = 0.0
+        while True:
+            try:
+                with gevent.Timeout(self.keep_alive_delay):
+                    n = sock.recv_into(view)
+            except gevent.Timeout:
+                waited += self.keep_alive_delay
+                if waited >= silence:
+                    raise ConnectionError(
+                        f"no word from the source for {waited:.0f}s")
+                sock.sendall(Ack(last_tid).encode())  # our heartbeat
+                continue
+            if not n:
+                raise EOFError("source closed the connection")
+            return n
+
+
+def _connect(address):
+    if isinstance(address, str):
+        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        sock = gevent.socket.create_connection(address, CONNECT_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class _Adapter(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"secondary {self.extra['name']} <- {self.extra['peer']}: " \
+               f"{msg}", kwargs
+
+
+def _adapter(name, peer):
+    return _Adapter(logger, {"name": name or "-", "peer": peer})

@@ -1,0 +1,420 @@
+"""The source side of replication: stream a storage's transactions.
+
+A ``Source`` serves replication for one storage (a primary's, or a
+secondary's that feeds a chain).  It runs entirely on the replication hub
+(see ``hub.py``): a gevent ``StreamServer`` accepts secondaries and each
+connection is one greenlet that sends, plus one that reads acknowledgements.
+
+Committers tell the source about new transactions with ``notify_commit()``
+from any thread; the hub then encodes the new transactions *once* into a
+short in-memory log shared by every live connection.  A connection that is
+behind that log (catch-up) reads the storage iterator itself.
+"""
+import bisect
+import logging
+import os
+import socket
+import threading
+import time
+
+import gevent
+import gevent.event
+import gevent.server
+import gevent.socket
+
+from . import protocol
+from .address import format_address, parse_address
+from .hub import get_hub
+from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
+                       Chunk, Z64)
+from .records import BlobRef, encode_transaction, next_tid, \
+    transaction_digest
+
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+RECENT_BYTES = 32 * 1024 * 1024   # shared log of recently encoded txns
+CATCHUP_BATCH = 1024 * 1024       # bytes per send while catching up
+
+
+class PeerLog(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"{self.extra['role']} {self.extra['peer']}: {msg}", kwargs
+
+
+class Secondary:
+    """What a source knows about one connected secondary."""
+
+    def __init__(self, peer, sock):
+        self.peer = peer
+        self.sock = sock
+        self.name = ""
+        self.sent_tid = Z64
+        self.acked_tid = Z64
+        self.connected_at = time.time()
+        self.last_heard = time.monotonic()
+
+    def status(self):
+        return {"name": self.name, "peer": self.peer,
+                "sent_tid": self.sent_tid.hex(),
+                "acked_tid": self.acked_tid.hex(),
+                "connected_at": self.connected_at}
+
+
+class Source:
+
+    def __init__(self, storage, address, keep_alive_delay=1.0,
+                 send_blobs=True, epoch=lambda: 0, hub=None, name=""):
+        self.storage = storage
+        self.requested_address = parse_address(address)
+        self.keep_alive_delay = keep_alive_delay
+        self.send_blobs = send_blobs
+        self.epoch = epoch
+        self.name = name
+        self.hub = hub or get_hub()
+        self.address = None
+        self.secondaries = set()
+        self._acks = threading.Condition()
+        self._server = None
+        self._wakeup = None
+        self._closed = False
+
+    # --- called from any thread -----------------------------------------
+
+    def start(self):
+        self.hub.call(self._start)
+        self._wakeup = self.hub.watcher(self._on_commit)
+        logger.info("serving replication of %s on %s",
+                    self.storage.getName(), format_address(self.address))
+        return self.address
+
+    def notify_commit(self):
+        """A transaction was committed to the storage (thread-safe)."""
+        if self._wakeup is not None:
+            self._wakeup.send()
+
+    def wait_for_acks(self, tid, count, timeout):
+        """Wait until ``count`` secondaries acknowledged ``tid``.
+
+        Returns True if they did within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while True:
+                acked = sum(1 for s in list(self.secondaries)
+                            if s.acked_tid >= tid)
+                if acked >= count:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acks.wait(remaining)
+
+    def status(self):
+        return [s.status() for s in list(self.secondaries)]
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.call(self._stop)
+        if self._wakeup is not None:
+            self._wakeup = None
+
+    # --- on the hub ---------------------------------------------------------
+
+    def _start(self):
+        addr = self.requested_address
+        if isinstance(addr, str):
+            if os.path.exists(addr):
+                os.unlink(addr)  # a stale socket of an earlier run
+            sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+            sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            addr = (addr[0] or ("::" if family == socket.AF_INET6
+                                else "0.0.0.0"), addr[1])
+        sock.bind(addr)
+        sock.listen(64)
+        name = sock.getsockname()
+        self.address = name if isinstance(name, str) else name[:2]
+        self._last_tid = self.storage.lastTransaction()
+        self._clear_recent()       # shared log of EncodedTransactions
+        self._changed = gevent.event.Event()
+        self._server = gevent.server.StreamServer(sock, self._handle)
+        self._server.start()
+
+    def _stop(self):
+        if self._server is not None:
+            self._server.close()
+        for s in list(self.secondaries):
+            s.sock.close()
+        if isinstance(self.address, str) and os.path.exists(self.address):
+            os.unlink(self.address)
+
+    def _on_commit(self):
+        try:
+            last = self.storage.lastTransaction()
+            if last == self._last_tid:
+                return
+            previous, self._last_tid = self._last_tid, last
+            if self.secondaries:
+                self._extend_recent(previous)
+            else:
+                self._clear_recent()
+        except Exception:
+            logger.exception("could not read new transactions; secondaries "
+                             "will catch up from the storage")
+            self._clear_recent()
+        changed, self._changed = self._changed, gevent.event.Event()
+        changed.set()
+
+    def _clear_recent(self):
+        self._recent, self._recent_tids, self._recent_bytes = [], [], 0
+        self._recent_base = None
+
+    def _extend_recent(self, previous):
+        # The shared log is contiguous: it must continue from `previous`.
+        if self._recent_tids and self._recent_tids[-1] != previous:
+            self._clear_recent()
+        if not self._recent_tids:
+            self._recent_base = previous
+        it = self.storage.iterator(next_tid(previous), self._last_tid)
+        try:
+            for txn in it:
+                enc = encode_transaction(self.storage, txn, self.send_blobs)
+                self._recent.append(enc)
+                self._recent_tids.append(enc.tid)
+                self._recent_bytes += enc.size
+        finally:
+            _close(it)
+        if self._recent_bytes > RECENT_BYTES:
+            drop = len(self._recent) // 2
+            self._recent_bytes -= sum(e.size for e in self._recent[:drop])
+            self._recent_base = self._recent_tids[drop - 1]
+            del self._recent[:drop]
+            del self._recent_tids[:drop]
+
+    def _from_recent(self, after):
+        """Encoded transactions after tid `after` from the shared log, or
+        None when the log does not reach back that far."""
+        tids = self._recent_tids
+        if not tids:
+            return None
+        if after == self._recent_base:
+            return self._recent
+        i = bisect.bisect_right(tids, after)
+        if i > 0 and tids[i - 1] == after:
+            return self._recent[i:]
+        return None
+
+    def _handle(self, sock, peer):
+        peer = format_address(peer) if peer else "unix-socket"
+        log = PeerLog(logger, {"role": "source", "peer": peer})
+        if not isinstance(sock.getsockname(), str):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        secondary = Secondary(peer, sock)
+        try:
+            self._serve(secondary, log)
+        except ProtocolError as e:
+            log.error("dropping connection: %s", e)
+        except (OSError, ConnectionError, EOFError) as e:
+            log.info("connection ended: %s", e or type(e).__name__)
+        except gevent.GreenletExit:
+            pass
+        except Exception:
+            log.exception("dropping connection after an unexpected error")
+        finally:
+            self.secondaries.discard(secondary)
+            with self._acks:
+                self._acks.notify_all()
+            sock.close()
+
+    def _serve(self, secondary, log):
+        sock = secondary.sock
+        reader = protocol.FrameReader()
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        version = protocol.parse_preamble(
+            _recv_exactly(sock, protocol.PREAMBLE_SIZE))
+        sock.sendall(protocol.preamble())
+        if version != protocol.VERSION:
+            sock.sendall(Refuse(
+                protocol.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported; this source "
+                f"speaks version {protocol.VERSION}").encode())
+            raise ProtocolError(f"unsupported protocol version {version}")
+        hello = _recv_message(sock, reader)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(
+                f"expected HELLO, got {type(hello).__name__}")
+        secondary.name = hello.name
+        log.extra = dict(log.extra, peer=f"{hello.name}@{secondary.peer}")
+        refusal = self._check_history(hello)
+        if refusal is not None:
+            sock.sendall(refusal.encode())
+            log.error("refused: %s", refusal.message)
+            return
+        sock.sendall(Welcome(self.epoch(), self._last_tid).encode())
+        secondary.sent_tid = secondary.acked_tid = hello.tid
+        self.secondaries.add(secondary)
+        log.info("secondary connected from tid %s; sending %s",
+                 hello.tid.hex(), "everything" if hello.tid == Z64
+                 else "what follows it")
+        sock.settimeout(None)
+        acks = gevent.spawn(self._read_acks, secondary, reader, log)
+        try:
+            self._send_loop(secondary, hello.flags)
+        finally:
+            acks.kill()
+
+    def _check_history(self, hello):
+        if hello.epoch > self.epoch():
+            return Refuse(protocol.STALE_EPOCH,
+                          f"this source is at epoch {self.epoch()}, the "
+                          f"secondary has seen epoch {hello.epoch}")
+        if hello.tid == Z64:
+            return None
+        if hello.tid > self._last_tid:
+            return Refuse(protocol.DIVERGENT,
+                          f"the secondary's last transaction "
+                          f"{hello.tid.hex()} is newer than this source's "
+                          f"last transaction {self._last_tid.hex()}")
+        digest = transaction_digest(self.storage, hello.tid)
+        if digest is None:
+            return Refuse(protocol.DIVERGENT,
+                          f"the secondary's last transaction "
+                          f"{hello.tid.hex()} is not in this source's "
+                          "history")
+        if digest != hello.digest:
+            return Refuse(protocol.DIVERGENT,
+                          f"transaction {hello.tid.hex()} differs between "
+                          "the secondary and this source")
+        return None
+
+    def _read_acks(self, secondary, reader, log):
+        sock = secondary.sock
+        silence = self.keep_alive_delay * 3 + 1
+        sock_timeout = gevent.Timeout
+        try:
+            while True:
+                message = reader.next()
+                if message is None:
+                    with sock_timeout(silence, ConnectionError(
+                            f"no word from the secondary for {silence}s")):
+                        data = sock.recv(65536)
+                    if not data:
+                        raise EOFError("secondary closed the connection")
+                    reader.feed(data)
+                    continue
+                if not isinstance(message, Ack):
+                    raise ProtocolError(
+                        f"unexpected {type(message).__name__} from a "
+                        "secondary")
+                secondary.last_heard = time.monotonic()
+                if message.tid > secondary.acked_tid:
+                    secondary.acked_tid = message.tid
+                    with self._acks:
+                        self._acks.notify_all()
+        except ProtocolError as e:
+            log.error("dropping connection: %s", e)
+        except (OSError, ConnectionError, EOFError) as e:
+            log.info("connection ended: %s", e)
+        sock.close()
+
+    def _send_loop(self, secondary, flags):
+        sock = secondary.sock
+        catchup = None
+        while True:
+            if secondary.sent_tid >= self._last_tid:
+                catchup = _close(catchup)
+                changed = self._changed
+                if not changed.wait(self.keep_alive_delay):
+                    sock.sendall(Heartbeat(self.epoch(),
+                                           self._last_tid).encode())
+                continue
+            recent = self._from_recent(secondary.sent_tid)
+            if recent:
+                catchup = _close(catchup)
+                for enc in recent:
+                    self._send_transaction(sock, enc)
+                    secondary.sent_tid = enc.tid
+                continue
+            # Catching up through the storage iterator.
+            if catchup is None:
+                catchup = iter(self.storage.iterator(
+                    next_tid(secondary.sent_tid), self._last_tid))
+            pending = []
+            pending_bytes = 0
+            for txn in catchup:
+                enc = encode_transaction(self.storage, txn, self.send_blobs)
+                pending.append(enc)
+                pending_bytes += enc.size
+                if pending_bytes >= CATCHUP_BATCH:
+                    break
+            else:
+                catchup = None
+            if not pending:
+                # The iterator ended before _last_tid (a concurrent commit
+                # it did not see yet); start a fresh one.
+                catchup = None
+                gevent.sleep(0)
+                continue
+            self._send_batch(sock, pending)
+            secondary.sent_tid = pending[-1].tid
+
+    def _send_batch(self, sock, encoded):
+        buf = []
+        for enc in encoded:
+            for part in enc.parts:
+                if isinstance(part, BlobRef):
+                    if buf:
+                        sock.sendall(b"".join(buf))
+                        buf = []
+                    _send_blob(sock, part)
+                else:
+                    buf.append(part)
+        if buf:
+            sock.sendall(b"".join(buf))
+
+    def _send_transaction(self, sock, enc):
+        self._send_batch(sock, [enc])
+
+
+def _send_blob(sock, ref):
+    with open(ref.path, "rb") as f:
+        remaining = ref.size
+        while remaining:
+            data = f.read(min(protocol.CHUNK_SIZE, remaining))
+            if not data:
+                raise OSError(f"blob file {ref.path} shrank while sending")
+            sock.sendall(Chunk(data).encode())
+            remaining -= len(data)
+
+
+def _recv_exactly(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError("peer closed the connection during the handshake")
+        buf += data
+    return bytes(buf)
+
+
+def _recv_message(sock, reader):
+    while True:
+        message = reader.next()
+        if message is not None:
+            return message
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("peer closed the connection during the handshake")
+        reader.feed(data)
+
+
+def _close(it):
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+    return None

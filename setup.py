@@ -1,0 +1,38 @@
+from setuptools import setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="zkzeo",
+    version="0.1.0.dev0",
+    description="ZooKeeper-discovered, replicated ZODB storage clusters",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="ZPL-2.1",
+    packages=["replication", "zkzeo"],
+    package_data={"replication": ["component.xml"], "zkzeo": ["*.xml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "ZODB>=6",
+        "ZEO>=6",
+        "transaction",
+        "ZConfig",
+        "zdaemon",
+        "gevent",
+        "kazoo",
+    ],
+    extras_require={
+        "test": ["pytest", "zope.testing", "manuel"],
+    },
+    entry_points={
+        "console_scripts": [
+            "zkzeo-runzeo = replication.runzeo:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: ZODB",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Zope Public License",
+    ],
+)

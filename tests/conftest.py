@@ -1,0 +1,44 @@
+import os
+import uuid
+
+import pytest
+
+from tests.support import wait_for  # noqa: F401  (re-exported for tests)
+from zkzeo.zkserver import ZooKeeperServer
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory):
+    """One real standalone ZooKeeper server for the whole test session."""
+    server = ZooKeeperServer(str(tmp_path_factory.mktemp("zookeeper")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk_path(zookeeper, request):
+    """A fresh ZooKeeper path for one test, and the ensemble string."""
+    name = request.node.name.replace("[", "_").replace("]", "")
+    return f"/tests/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def zk_url(zookeeper, zk_path):
+    return f"zk://{zookeeper.address}{zk_path}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "zookeeper" in getattr(
+            item, "fixturenames", ()):
+        server = item.funcargs.get("zookeeper")
+        if server is not None:
+            report.sections.append(
+                ("ZooKeeper log (tail)", server.log_text()[-4000:]))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("ZKZEO_TESTING", "1")

@@ -1,0 +1,73 @@
+"""Helpers shared by the tests: waiting for conditions, running servers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+DEFAULT_TIMEOUT = 60
+
+
+def wait_for(predicate, what, timeout=DEFAULT_TIMEOUT, interval=0.01):
+    """Wait until predicate() is true; fail saying `what` never happened."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the condition may not be checkable yet
+            last_error = e
+        if time.monotonic() > deadline:
+            extra = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for: {what}{extra}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process whose output goes to a log file; killed on stop."""
+
+    def __init__(self, args, log_path, env=None, cwd=None):
+        self.args = args
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+            start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def output(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def kill(self):
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def terminate(self, timeout=30):
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.popen.wait()
+
+    def stop(self):
+        self.terminate()
+        self.log.close()
+
+
+PYTHON = sys.executable

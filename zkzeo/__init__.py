@@ -1,0 +1,1 @@
+"""zkzeo: ZooKeeper registration and discovery for replicated ZEO clusters."""
