@@ -235,10 +235,13 @@ class Follower:
             try:
                 sock = _connect(address)
             except OSError as e:
+                problem = f"cannot connect to {peer}: {e}"
+                # Say it once; repeating it every few seconds helps nobody.
+                (log.debug if problem == self.problem else log.warning)(
+                    "cannot connect (%s); retrying every %.1fs at most", e,
+                    self.reconnect_max)
                 self.state = State.CONNECTING
-                self.problem = f"cannot connect to {peer}: {e}"
-                log.warning("cannot connect (%s); retrying in %.1fs", e,
-                            delay)
+                self.problem = problem
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue

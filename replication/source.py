@@ -113,6 +113,10 @@ class Source:
     def status(self):
         return [s.status() for s in list(self.secondaries)]
 
+    @property
+    def closed(self):
+        return self._closed
+
     def close(self):
         if self._closed:
             return
