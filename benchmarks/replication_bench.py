@@ -339,6 +339,8 @@ def bench_catchup(workdir, size_mb, rng):
         f"{size / MB / catchup_seconds:8.1f} MB/s  "
         f"{txns / catchup_seconds:8.0f} txn/s  "
         f"= {catchup_seconds / cp_seconds:.1f} x cp time")
+    out(f"      (the secondary commits, and fsyncs, each of the {txns:,} "
+        "transactions on its own)")
     out(f"      secondary Data.fs {secondary_size / MB:.1f} MB, "
         f"byte-identical to the primary's: {'yes' if identical else 'NO'}")
     remove_storage_files(workdir, "catchup")
@@ -558,9 +560,11 @@ def bench_zeo(workdir, n, rng):
     progress("  ZEO + PrimaryStorage + 1 secondary ...")
     primary, secondary = pair(workdir, "zeo-rep")
 
+    open_secondaries = [secondary]
+
     def stop_secondary():
         wait_caught_up(primary, secondary, "ZEO secondary")
-        secondary.close()
+        open_secondaries.pop().close()
 
     try:
         wait_connected(primary)
@@ -570,7 +574,8 @@ def bench_zeo(workdir, n, rng):
         out(f"  {label:<46} {rate:7.0f} commits/s  "
             f"{rate / results[0][1]:5.2f} x FileStorage")
     finally:
-        secondary.close()
+        for secondary in open_secondaries:
+            secondary.close()
         primary.close()
         remove_storage_files(workdir, "zeo-rep")
     return results

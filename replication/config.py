@@ -1,9 +1,15 @@
 """ZConfig support: ``%import replication`` and a ``<replication>`` (or
 zc.zrs-style ``<zrs>``) section wrapping another storage section."""
+import logging
+import os
+
 import ZConfig
+from ZODB.FileStorage import FileStorage
 
 from .address import AddressError, parse_address
 from .storage import PrimaryStorage, SecondaryStorage
+
+logger = logging.getLogger(__name__)
 
 
 def address(value):
@@ -30,6 +36,8 @@ class ReplicationConfig:
 
     def open(self):
         c = self.config
+        if not c.replicate_blobs:
+            protect_shared_blob_dir(c.base)
         base = c.base.open()
         name = c.name or base.getName()
         try:
@@ -47,3 +55,20 @@ class ReplicationConfig:
         except BaseException:
             base.close()
             raise
+
+
+def protect_shared_blob_dir(base_section):
+    """Create a missing Data.fs before FileStorage opens it with a blob dir.
+
+    FileStorage *empties* the blob directory when it creates a new Data.fs;
+    with a blob directory shared between servers that would delete the
+    primary's blobs.  An empty Data.fs created first (without blobs) avoids
+    that.
+    """
+    config = getattr(base_section, "config", None)
+    path = getattr(config, "path", None)
+    if path and getattr(config, "blob_dir", None) and \
+            not os.path.exists(path):
+        logger.info("creating empty %s first so that the shared blob "
+                    "directory %s is left alone", path, config.blob_dir)
+        FileStorage(path, create=True).close()

@@ -1,0 +1,179 @@
+"""Replication between storages in one process."""
+import logging
+import os
+
+import pytest
+import transaction
+import ZODB
+from ZODB.Connection import TransactionMetaData
+
+from replication.storage import SyncReplicationTimeout
+from tests.replication_support import (Cluster, assert_same_history, blob,
+                                       commit, wait_caught_up)
+from tests.support import wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def test_records_and_blobs_of_every_size_arrive_exactly(cluster):
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, small=1, empty_blob=blob(b""))
+    commit(db, big_record="x" * (3 * 1024 * 1024))    # > one frame
+    commit(db, big_blob=blob(os.urandom(5 * 1024 * 1024 + 7)))
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    commit(db, small=2, another=blob(b"live"))          # live, not catch-up
+    wait_caught_up(secondary, primary)
+    assert_same_history(primary, secondary)
+    sdb = ZODB.DB(secondary)
+    with sdb.transaction() as conn:
+        assert conn.root.small == 2
+        assert conn.root.empty_blob.open().read() == b""
+        assert conn.root.another.open().read() == b"live"
+    sdb.close()
+    db.close()
+
+
+def test_metadata_and_raw_extension_bytes_are_kept(cluster):
+    primary = cluster.primary(blobs=False)
+    ZODB.DB(primary).close()  # creates the root
+    primary = cluster.primary(name="p2", blobs=False)
+    # extension bytes that are not what re-pickling the dict would give
+    ext = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s."
+    t = TransactionMetaData(b"user \xc3\xa9", b"desc", ext)
+    primary.tpc_begin(t)
+    primary.store(primary.new_oid(), b"\0" * 8, b"data", "", t)
+    primary.tpc_vote(t)
+    tid = primary.tpc_finish(t)
+    secondary = cluster.secondary(primary, blobs=False)
+    wait_caught_up(secondary, primary)
+    txn = next(iter(secondary.iterator(tid, tid)))
+    assert (txn.user, txn.description, txn.extension_bytes) == (
+        b"user \xc3\xa9", b"desc", ext)
+    assert_same_history(primary, secondary)
+
+
+def test_undo_and_status_survive_replication(cluster):
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=1)
+    commit(db, x=2)
+    undo_id = db.undoLog(0, 1)[0]["id"]
+    db.undo(undo_id)
+    transaction.commit()
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    assert_same_history(primary, secondary)
+    sdb = ZODB.DB(secondary)
+    with sdb.transaction() as conn:
+        assert conn.root.x == 1
+    sdb.close()
+    db.close()
+
+
+def test_chain_and_live_invalidations_to_secondary_connections(cluster):
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=0)
+    middle = cluster.secondary(primary, name="middle",
+                               replicate_to="127.0.0.1:0")
+    end = cluster.secondary(middle, name="end")
+    wait_caught_up(end, primary)
+    edb = ZODB.DB(end)
+    conn = edb.open()
+    assert conn.root.x == 0
+    for i in range(1, 20):
+        tid = commit(db, x=i, b=blob(b"%d" % i))
+        # An open connection of the chained secondary sees each commit
+        # through invalidation alone.
+        wait_for(lambda: (transaction.begin(), conn.root.x)[1] == i,
+                 f"commit {i} to reach a connection at the end of the chain")
+        assert end.lastTransaction() == tid
+    assert conn.root.b.open().read() == b"19"
+    conn.close()
+    edb.close()
+    assert_same_history(primary, end)
+    status = middle.replication_status()
+    assert status["state"] == "following" and status["lag_seconds"] == 0
+    [downstream] = status["secondaries"]
+    assert downstream["name"] == "end"
+    wait_for(lambda: middle.replication_status()["secondaries"][0][
+        "acked_tid"] == primary.lastTransaction().hex(),
+        "the end of the chain to acknowledge the last transaction")
+    db.close()
+
+
+def test_shared_blob_directory_without_blob_replication(cluster):
+    primary = cluster.primary(replicate_blobs=False)
+    db = ZODB.DB(primary)
+    commit(db, b=blob(b"shared"))
+    secondary = cluster.secondary(primary, replicate_blobs=False,
+                                  blob_dir=cluster.path("primary.blobs"))
+    wait_caught_up(secondary, primary)
+    assert_same_history(primary, secondary, shared_blobs=True)
+    db.close()
+
+
+def test_restarted_secondary_resumes_where_it_stopped(cluster, caplog):
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=1)
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    stopped_at = secondary.lastTransaction()
+    secondary.close()
+    for i in range(5):
+        commit(db, x=i)
+    caplog.set_level(logging.INFO, "replication")
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    assert f"connected from tid {stopped_at.hex()}" in caplog.text
+    assert_same_history(primary, secondary)
+    db.close()
+
+
+def test_restarted_primary_is_found_again(cluster):
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=1)
+    address = "%s:%s" % primary.replication_address
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    db.close()
+    from replication import PrimaryStorage
+    primary = PrimaryStorage(cluster.filestorage("primary"), address)
+    cluster.storages.append(primary)
+    db = ZODB.DB(primary)
+    commit(db, x=2)
+    wait_caught_up(secondary, primary)
+    db.close()
+
+
+def test_sync_replicas_commit_returns_after_the_secondary_has_it(cluster):
+    primary = cluster.primary(sync_replicas=1, sync_timeout=30)
+    secondary = cluster.secondary(primary)
+    wait_for(lambda: primary.source.status(), "the secondary to connect")
+    db = ZODB.DB(primary)
+    for i in range(20):
+        tid = commit(db, x=i)
+        # No waiting: tpc_finish returned only after the acknowledgement.
+        assert secondary.lastTransaction() >= tid
+    db.close()
+
+
+def test_sync_replicas_timeout_degrades_or_blocks(cluster, caplog):
+    primary = cluster.primary(sync_replicas=1, sync_timeout=0.2)
+    db = ZODB.DB(primary)
+    commit(db, x=1)
+    assert "NOT on any secondary" in caplog.text
+    db.close()
+    blocking = cluster.primary(name="blocking", sync_replicas=1,
+                               sync_timeout=0.2, sync_block=True)
+    with pytest.raises(SyncReplicationTimeout):
+        ZODB.DB(blocking)   # creating the root commits
