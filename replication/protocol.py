@@ -75,6 +75,7 @@ PREAMBLE = struct.Struct(">4sH")
 PREAMBLE_SIZE = PREAMBLE.size
 
 FRAME_HEADER = struct.Struct(">IB")
+_LENGTH = struct.Struct(">I")
 MAX_FRAME = 4 * 1024 * 1024 + 64
 CHUNK_SIZE = 1024 * 1024
 INLINE_DATA = 1024 * 1024
@@ -315,10 +316,13 @@ class FrameReader:
         """
         buf = self.buffer
         pos = self.pos
+        if len(buf) - pos < 4:
+            return None
+        length, = _LENGTH.unpack_from(buf, pos)
+        self._check_length(length)     # before waiting for a huge frame
         if len(buf) - pos < FRAME_HEADER.size:
             return None
-        length, tag = FRAME_HEADER.unpack_from(buf, pos)
-        self._check_length(length)
+        tag = buf[pos + 4]
         end = pos + 4 + length
         if len(buf) < end:
             return None
