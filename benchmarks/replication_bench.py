@@ -11,7 +11,13 @@ One run measures:
    paced commits (100/s) and for back-to-back commits.
 3. Commit throughput: small commits per second through ZODB.DB on a plain
    FileStorage, a PrimaryStorage without secondaries and a PrimaryStorage with
-   one secondary; then the same through an (in-process) ZEO server.
+   one secondary (asynchronous, and with sync_replicas=1); then plain
+   FileStorage against PrimaryStorage + 1 secondary behind an (in-process)
+   ZEO server.
+
+Back-to-back lag is stamped twice: by a listener registered on the secondary
+(what a ZEO server on the secondary is told, no extra thread) and by a thread
+polling ``lastTransaction()``, which competes for the GIL and inflates the lag.
 
 Everything runs in this one process: the primary, its secondary (on the
 replication hub thread), and the ZEO server and client.  They share one
@@ -36,6 +42,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -370,7 +377,6 @@ class VisibilityListener:
 
     def __init__(self):
         self.stamps = []            # (tid, perf_counter)
-
         self.recording = True
 
     def invalidate(self, tid, oids):
@@ -494,21 +500,21 @@ def bench_lag(workdir, n_paced, n_burst, rng):
                  "invalidation listener ...")
         burst = burst_lag(work, primary, secondary, n_burst, "listener")
         out(f"  (b) back to back, {n_burst} commits at "
-            f"{burst['rate']:.0f}/s; visibility stamped by a listener "
-            "registered")
-        out("      on the secondary (called as each replicated commit "
-            "finishes):")
+            f"{burst['rate']:.0f}/s (stamped by a listener on the")
+        out("      secondary, called as each replicated commit finishes):")
         out(f"      {fmt_lag(burst)}")
         out(f"      secondary caught up {fmt_s(burst['drain'])} after the "
-            f"last commit; {burst['early']} commits were visible before "
-            "commit() returned (counted as 0)")
+            "last commit")
+        if burst["early"]:
+            out(f"      ({burst['early']} commits were visible before "
+                "commit() returned: counted as 0 ms)")
         progress(f"  back-to-back lag: {n_burst} commits, stamped by a "
                  "polling thread ...")
         polled = burst_lag(work, primary, secondary, n_burst, "poll")
-        out(f"  (b') the same, {n_burst} commits at {polled['rate']:.0f}/s; "
-            "visibility stamped by a thread polling")
-        out(f"      secondary.lastTransaction() every {POLLER_SLEEP * 1e6:.0f}"
-            " us (that thread competes for the GIL and slows the secondary):")
+        out(f"  (b') the same, {n_burst} commits at {polled['rate']:.0f}/s "
+            "(stamped by a thread polling")
+        out(f"      lastTransaction() every {POLLER_SLEEP * 1e6:.0f} us, "
+            "competing for the GIL):")
         out(f"      {fmt_lag(polled)}")
         out(f"      secondary caught up {fmt_s(polled['drain'])} after the "
             "last commit")
@@ -538,61 +544,54 @@ def run_commits(db, n, rng, warmup=20):
         conn.close()
 
 
-def bench_throughput(workdir, n, rng):
-    heading(f"3a. Commit throughput, ZODB.DB in-process ({n} small commits "
-            "of ~4 objects)")
-    results = []
+class Setup:
+    """A storage to commit to, and what to close after the commits.
 
-    def report(label, rate):
-        base = results[0][1] if results else rate
-        results.append((label, rate))
-        out(f"  {label:<46} {rate:7.0f} commits/s  "
-            f"{rate / base:5.2f} x FileStorage")
-
-    progress("  plain FileStorage ...")
-    db = ZODB.DB(FileStorage(os.path.join(workdir, "tp-plain.fs")))
-    try:
-        report("plain FileStorage", run_commits(db, n, rng))
-    finally:
-        db.close()
-        remove_storage_files(workdir, "tp-plain")
-
-    progress("  PrimaryStorage, no secondary ...")
-    db = ZODB.DB(replication.PrimaryStorage(
-        FileStorage(os.path.join(workdir, "tp-alone.fs")), "127.0.0.1:0"))
-    try:
-        report("PrimaryStorage, no secondary", run_commits(db, n, rng))
-    finally:
-        db.close()
-        remove_storage_files(workdir, "tp-alone")
-
-    for sync in (0, 1):
-        label = ("PrimaryStorage + 1 secondary" if not sync else
-                 "PrimaryStorage + 1 secondary, sync_replicas=1")
-        progress(f"  {label} ...")
-        name = f"tp-sync{sync}"
-        primary, secondary = pair(workdir, name, sync_replicas=sync)
-        db = ZODB.DB(primary)
-        try:
-            wait_connected(primary)
-            rate = run_commits(db, n, rng)
-            wait_caught_up(primary, secondary, label)
-            report(label, rate)
-        finally:
-            secondary.close()
-            db.close()
-            remove_storage_files(workdir, name)
-    return results
-
-
-def zeo_commits(storage, n, rng, before_close=lambda: None):
-    """Commit through a ZEO server in front of storage; return commits/s.
-
-    before_close() runs after the client closed, before the server closes
-    the storage (to stop a secondary before its primary goes away).
+    ``storage`` is what ZODB.DB (or a ZEO server) gets; ``before_close()``
+    runs once the commits are done, before the storage is closed (it stops
+    a secondary before its primary goes away).
     """
+
+    def __init__(self, storage, secondary=None):
+        self.storage = storage
+        self.secondary = secondary
+        if secondary is not None:
+            wait_connected(storage)
+
+    def before_close(self):
+        if self.secondary is not None:
+            wait_caught_up(self.storage, self.secondary, "secondary")
+            self.secondary.close()
+            self.secondary = None
+
+
+def setup_plain(workdir, name):
+    return Setup(FileStorage(os.path.join(workdir, f"{name}.fs")))
+
+
+def setup_alone(workdir, name):
+    return Setup(replication.PrimaryStorage(
+        FileStorage(os.path.join(workdir, f"{name}.fs")), "127.0.0.1:0"))
+
+
+def setup_pair(sync_replicas):
+    def setup(workdir, name):
+        return Setup(*pair(workdir, name, sync_replicas=sync_replicas))
+    return setup
+
+
+def commit_in_process(setup, n, rng):
+    db = ZODB.DB(setup.storage)
+    try:
+        return run_commits(db, n, rng)
+    finally:
+        setup.before_close()
+        db.close()              # closes the storage too
+
+
+def commit_through_zeo(setup, n, rng):
     server = ZEO.StorageServer.StorageServer(("127.0.0.1", 0),
-                                             {"1": storage})
+                                             {"1": setup.storage})
     server.start_thread()
     try:
         db = ZEO.DB(server.acceptor.addr)
@@ -600,48 +599,62 @@ def zeo_commits(storage, n, rng, before_close=lambda: None):
             return run_commits(db, n, rng)
         finally:
             db.close()
-            before_close()
+            setup.before_close()
     finally:
-        server.close()      # closes the storage too
+        server.close()          # closes the storage too
 
 
-def bench_zeo(workdir, n, rng):
-    heading(f"3b. Commit throughput through ZEO ({n} small commits, ZEO "
-            "server and client in this process)")
+def compare(workdir, configs, commit, n, rounds, rng):
+    """Run every config `rounds` times, interleaved; print and return
+    [(label, median commits/s, min, max)], the first config the baseline."""
+    rates = {label: [] for label, _ in configs}
+    for r in range(rounds):
+        for i, (label, make) in enumerate(configs):
+            progress(f"  round {r + 1}/{rounds}: {label} ...")
+            name = f"tp-{i}-{r}"
+            setup = None
+            try:
+                setup = make(workdir, name)
+                rates[label].append(commit(setup, n, rng))
+            finally:
+                if setup is not None and setup.secondary is not None:
+                    setup.secondary.close()
+                remove_storage_files(workdir, name)
     results = []
-
-    progress("  ZEO + plain FileStorage ...")
-    try:
-        rate = zeo_commits(
-            FileStorage(os.path.join(workdir, "zeo-plain.fs")), n, rng)
-    finally:
-        remove_storage_files(workdir, "zeo-plain")
-    results.append(("ZEO + plain FileStorage", rate))
-    out(f"  {'ZEO + plain FileStorage':<46} {rate:7.0f} commits/s  "
-        f"{1.0:5.2f} x FileStorage")
-
-    progress("  ZEO + PrimaryStorage + 1 secondary ...")
-    primary, secondary = pair(workdir, "zeo-rep")
-
-    open_secondaries = [secondary]
-
-    def stop_secondary():
-        wait_caught_up(primary, secondary, "ZEO secondary")
-        open_secondaries.pop().close()
-
-    try:
-        wait_connected(primary)
-        rate = zeo_commits(primary, n, rng, before_close=stop_secondary)
-        label = "ZEO + PrimaryStorage + 1 secondary"
-        results.append((label, rate))
-        out(f"  {label:<46} {rate:7.0f} commits/s  "
-            f"{rate / results[0][1]:5.2f} x FileStorage")
-    finally:
-        for secondary in open_secondaries:
-            secondary.close()
-        primary.close()
-        remove_storage_files(workdir, "zeo-rep")
+    for label, _ in configs:
+        xs = rates[label]
+        results.append((label, statistics.median(xs), min(xs), max(xs)))
+    base = results[0][1]
+    for label, rate, low, high in results:
+        spread = f"  (range {low:.0f}-{high:.0f})" if rounds > 1 else ""
+        out(f"  {label:<46} {rate:6.0f} commits/s  {rate / base:5.2f} x"
+            f"{spread}")
     return results
+
+
+def bench_throughput(workdir, n, rounds, rng):
+    heading(f"3a. Commit throughput in-process: ZODB.DB, {n} small commits "
+            "(~4 objects)")
+    out(f"    median of {rounds} round(s); ratios to plain FileStorage")
+    configs = [
+        ("plain FileStorage", setup_plain),
+        ("PrimaryStorage, no secondary", setup_alone),
+        ("PrimaryStorage + 1 secondary", setup_pair(0)),
+        ("PrimaryStorage + 1 secondary, sync_replicas=1", setup_pair(1)),
+    ]
+    return compare(workdir, configs, commit_in_process, n, rounds, rng)
+
+
+def bench_zeo(workdir, n, rounds, rng):
+    heading(f"3b. Commit throughput through ZEO: {n} small commits "
+            "(~4 objects)")
+    out(f"    ZEO server and client in this process; median of {rounds} "
+        "round(s)")
+    configs = [
+        ("ZEO + plain FileStorage", setup_plain),
+        ("ZEO + PrimaryStorage + 1 secondary", setup_pair(0)),
+    ]
+    return compare(workdir, configs, commit_through_zeo, n, rounds, rng)
 
 
 # --- main --------------------------------------------------------------------
@@ -687,16 +700,16 @@ def summary(env, catchup, lag, tp, zeo, warnings):
         b = lag["polled"]
         out(f"  same, polled ({b['n']:>5}, {b['rate']:4.0f}/s)  "
             f"{fmt_lag(b)}")
-    if tp:
-        out("Commit throughput, ZODB.DB in-process (small commits)")
-        base = tp[0][1]
-        for label, rate in tp:
-            out(f"  {label:<46} {rate:7.0f} commits/s  {rate / base:5.2f} x")
-    if zeo:
-        out("Commit throughput through ZEO (small commits)")
-        base = zeo[0][1]
-        for label, rate in zeo:
-            out(f"  {label:<46} {rate:7.0f} commits/s  {rate / base:5.2f} x")
+    for title, rows in (("Commit throughput, ZODB.DB in-process "
+                         "(small commits)", tp),
+                        ("Commit throughput through ZEO (small commits)",
+                         zeo)):
+        if rows:
+            out(title)
+            base = rows[0][1]
+            for label, rate, _, _ in rows:
+                out(f"  {label:<46} {rate:6.0f} commits/s  "
+                    f"{rate / base:5.2f} x")
     out("-" * width)
     if warnings.records:
         out(f"replication logged {len(warnings.records)} warning(s)/"
@@ -722,8 +735,9 @@ def main(argv=None):
                         help="directory (filesystem) to work in; a fresh "
                         "subdirectory is created there and removed at the "
                         "end (default: the system temp dir)")
-    parser.add_argument("--keep", action="store_true",
-                        help="do not remove the working subdirectory")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of the throughput comparisons; the "
+                        "median is reported (default 3, or 1 with --quick)")
     parser.add_argument("--seed", type=int, default=42,
                         help="random seed of the workload")
     args = parser.parse_args(argv)
@@ -732,6 +746,7 @@ def main(argv=None):
     n_paced = 200 if args.quick else 1000
     n_burst = 300 if args.quick else 2000
     n_tp = 300 if args.quick else 2000
+    rounds = args.rounds or (1 if args.quick else 3)
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: "
@@ -752,16 +767,13 @@ def main(argv=None):
     try:
         catchup = bench_catchup(workdir, size_mb, rng)
         lag = bench_lag(workdir, n_paced, n_burst, rng)
-        tp = bench_throughput(workdir, n_tp, rng)
-        zeo = bench_zeo(workdir, n_tp, rng)
+        tp = bench_throughput(workdir, n_tp, rounds, rng)
+        zeo = bench_zeo(workdir, n_tp, rounds, rng)
     except Exception:
         log.exception("benchmark failed")
         status = 1
     finally:
-        if args.keep:
-            progress(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     summary(env, catchup, lag, tp, zeo, warnings)
     out(f"total run time {time.perf_counter() - started:.0f} s")
     return status

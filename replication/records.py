@@ -87,11 +87,26 @@ def encode_transaction(storage, txn, send_blobs=True):
     return EncodedTransaction(txn.tid, parts, size, d)
 
 
+def open_iterator(storage, start=None, stop=None):
+    """``storage.iterator(start, stop)``, safe against a concurrent commit.
+
+    FileStorage's iterator finds ``start`` by reading the file's last
+    transaction; if a commit is writing at that moment it fails ("Can't find
+    last transaction in large file").  FileStorage writes under its
+    ``_lock``, so the iterator is positioned while holding it.
+    """
+    lock = getattr(storage, "_lock", None)
+    if start is None or lock is None:
+        return storage.iterator(start, stop)
+    with lock:
+        return storage.iterator(start, stop)
+
+
 def transaction_digest(storage, tid):
     """The digest of ``storage``'s transaction ``tid``, or None if absent."""
     if tid == Z64:
         return protocol.NO_DIGEST
-    it = storage.iterator(tid, tid)
+    it = open_iterator(storage, tid, tid)
     try:
         for txn in it:
             if txn.tid == tid:

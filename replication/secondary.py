@@ -336,7 +336,7 @@ class Follower:
         pending = None
         last_tid = self.storage.lastTransaction()
         acked = last_tid
-        silence = self.keep_alive_delay * 3 + 1
+        self._last_sent = self._last_received = time.monotonic()
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
         try:
@@ -346,9 +346,9 @@ class Follower:
                     if acked != last_tid:
                         # Nothing more buffered: tell the source where we
                         # are (one ACK per burst, not one per transaction).
-                        sock.sendall(Ack(last_tid).encode())
+                        self._send(sock, Ack(last_tid))
                         acked = last_tid
-                    n = self._recv_into(sock, view, silence, last_tid)
+                    n = self._recv_into(sock, view, last_tid)
                     reader.feed(view[:n])
                     continue
                 if isinstance(message, Record):
@@ -390,22 +390,34 @@ class Follower:
                             pending.tid.hex())
                 pending.abort()
 
-    def _recv_into(self, sock, view, silence, last_tid):
-        waited = 0.0
+    def _recv_into(self, sock, view, last_tid):
+        """Receive into view; meanwhile send an ACK heartbeat every
+        keep-alive-delay (even while data flows, so the source always hears
+        from us) and give up on a source silent for too long."""
+        silence = self.keep_alive_delay * 3 + 1
         while True:
+            now = time.monotonic()
+            if now - self._last_sent >= self.keep_alive_delay:
+                self._send(sock, Ack(last_tid))
+            quiet = now - self._last_received
+            if quiet >= silence:
+                raise ConnectionError(
+                    f"no word from the source for {quiet:.1f}s")
+            wait = min(self._last_sent + self.keep_alive_delay - now,
+                       silence - quiet)
             try:
-                with gevent.Timeout(self.keep_alive_delay):
+                with gevent.Timeout(max(wait, 0.001)):
                     n = sock.recv_into(view)
             except gevent.Timeout:
-                waited += self.keep_alive_delay
-                if waited >= silence:
-                    raise ConnectionError(
-                        f"no word from the source for {waited:.0f}s")
-                sock.sendall(Ack(last_tid).encode())  # our heartbeat
                 continue
             if not n:
                 raise EOFError("source closed the connection")
+            self._last_received = time.monotonic()
             return n
+
+    def _send(self, sock, message):
+        sock.sendall(message.encode())
+        self._last_sent = time.monotonic()
 
 
 def _connect(address):

@@ -28,7 +28,7 @@ from .hub import get_hub
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .records import BlobRef, encode_transaction, next_tid, \
-    transaction_digest
+    open_iterator, transaction_digest
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Secondary:
         self.acked_tid = Z64
         self.connected_at = time.time()
         self.last_heard = time.monotonic()
+        self.end_reason = None     # (level, message) once it is over
 
     def status(self):
         return {"name": self.name, "peer": self.peer,
@@ -89,8 +90,11 @@ class Source:
         return self.address
 
     def notify_commit(self):
-        """A transaction was committed to the storage (thread-safe)."""
-        if self._wakeup is not None:
+        """A transaction was committed to the storage (thread-safe).
+
+        Without secondaries there is nothing to wake up: a secondary that
+        connects reads the storage's last transaction itself."""
+        if self._wakeup is not None and self.secondaries:
             self._wakeup.send()
 
     def wait_for_acks(self, tid, count, timeout):
@@ -123,6 +127,7 @@ class Source:
         self._closed = True
         self.hub.call(self._stop)
         if self._wakeup is not None:
+            self.hub.call(self._wakeup.close)
             self._wakeup = None
 
     # --- on the hub ---------------------------------------------------------
@@ -184,7 +189,7 @@ class Source:
             self._clear_recent()
         if not self._recent_tids:
             self._recent_base = previous
-        it = self.storage.iterator(next_tid(previous), self._last_tid)
+        it = open_iterator(self.storage, next_tid(previous), self._last_tid)
         try:
             for txn in it:
                 enc = encode_transaction(self.storage, txn, self.send_blobs)
@@ -224,7 +229,10 @@ class Source:
         except ProtocolError as e:
             log.error("dropping connection: %s", e)
         except (OSError, ConnectionError, EOFError) as e:
-            log.info("connection ended: %s", e or type(e).__name__)
+            # The ACK reader may have ended the connection (and said why).
+            reason = secondary.end_reason or (
+                logging.INFO, f"connection ended: {e or type(e).__name__}")
+            log.log(*reason)
         except gevent.GreenletExit:
             pass
         except Exception:
@@ -254,6 +262,7 @@ class Source:
                 f"expected HELLO, got {type(hello).__name__}")
         secondary.name = hello.name
         log.extra = dict(log.extra, peer=f"{hello.name}@{secondary.peer}")
+        self._on_commit()     # commits made while nobody listened
         refusal = self._check_history(hello)
         if refusal is not None:
             sock.sendall(refusal.encode())
@@ -266,7 +275,7 @@ class Source:
                  hello.tid.hex(), "everything" if hello.tid == Z64
                  else "what follows it")
         sock.settimeout(None)
-        acks = gevent.spawn(self._read_acks, secondary, reader, log)
+        acks = gevent.spawn(self._read_acks, secondary, reader)
         try:
             self._send_loop(secondary, hello.flags)
         finally:
@@ -296,15 +305,16 @@ class Source:
                           "the secondary and this source")
         return None
 
-    def _read_acks(self, secondary, reader, log):
+    def _read_acks(self, secondary, reader):
+        """Read ACKs; on any problem record why and close the socket, which
+        ends the sending greenlet too."""
         sock = secondary.sock
         silence = self.keep_alive_delay * 3 + 1
-        sock_timeout = gevent.Timeout
         try:
             while True:
                 message = reader.next()
                 if message is None:
-                    with sock_timeout(silence, ConnectionError(
+                    with gevent.Timeout(silence, ConnectionError(
                             f"no word from the secondary for {silence}s")):
                         data = sock.recv(65536)
                     if not data:
@@ -321,9 +331,10 @@ class Source:
                     with self._acks:
                         self._acks.notify_all()
         except ProtocolError as e:
-            log.error("dropping connection: %s", e)
+            secondary.end_reason = (logging.ERROR,
+                                    f"dropping connection: {e}")
         except (OSError, ConnectionError, EOFError) as e:
-            log.info("connection ended: %s", e)
+            secondary.end_reason = (logging.INFO, f"connection ended: {e}")
         sock.close()
 
     def _send_loop(self, secondary, flags):
@@ -334,6 +345,9 @@ class Source:
                 catchup = _close(catchup)
                 changed = self._changed
                 if not changed.wait(self.keep_alive_delay):
+                    # A commit racing with this secondary's arrival may
+                    # have skipped its wake-up: look for ourselves.
+                    self._on_commit()
                     sock.sendall(Heartbeat(self.epoch(),
                                            self._last_tid).encode())
                 continue
@@ -346,8 +360,9 @@ class Source:
                 continue
             # Catching up through the storage iterator.
             if catchup is None:
-                catchup = iter(self.storage.iterator(
-                    next_tid(secondary.sent_tid), self._last_tid))
+                catchup = iter(open_iterator(
+                    self.storage, next_tid(secondary.sent_tid),
+                    self._last_tid))
             pending = []
             pending_bytes = 0
             for txn in catchup:

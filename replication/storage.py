@@ -191,7 +191,7 @@ class PrimaryStorage(StorageProxy):
         self.source = Source(base, replicate_to, keep_alive_delay,
                              send_blobs=replicate_blobs, name=name, hub=hub)
         self.replication_address = self.source.start()
-        self._degraded = False
+        self._degraded_at = None   # tid of the last commit not waited for
 
     def tpc_finish(self, transaction, func=lambda tid: None):
         tid = self.base.tpc_finish(transaction, func)
@@ -201,13 +201,19 @@ class PrimaryStorage(StorageProxy):
         return tid
 
     def _wait_for_replicas(self, tid):
-        if self.source.wait_for_acks(tid, self.sync_replicas,
-                                     self.sync_timeout):
-            if self._degraded:
-                logger.warning("synchronous replication restored: %d "
-                               "secondaries acknowledge commits again",
-                               self.sync_replicas)
-                self._degraded = False
+        source = self.source
+        if self._degraded_at is not None:
+            # Degraded: do not wait again until enough secondaries have
+            # caught up with the commits they missed.
+            if not source.wait_for_acks(self._degraded_at,
+                                        self.sync_replicas, 0):
+                self._degraded_at = tid
+                return
+            logger.warning("synchronous replication restored: %d "
+                           "secondaries acknowledge commits again",
+                           self.sync_replicas)
+            self._degraded_at = None
+        if source.wait_for_acks(tid, self.sync_replicas, self.sync_timeout):
             return
         message = (f"transaction {tid.hex()} was not acknowledged by "
                    f"{self.sync_replicas} secondaries within "
@@ -216,11 +222,9 @@ class PrimaryStorage(StorageProxy):
             logger.error("%s; the commit is durable on the primary only",
                          message)
             raise SyncReplicationTimeout(message)
-        if not self._degraded:
-            logger.warning("%s; continuing asynchronously until they catch "
-                           "up: commits are NOT on any secondary yet",
-                           message)
-            self._degraded = True
+        logger.warning("%s; continuing asynchronously until they catch up: "
+                       "commits are NOT on any secondary yet", message)
+        self._degraded_at = tid
 
     def replication_status(self):
         return {"role": "primary", "address": self.replication_address,

@@ -172,6 +172,16 @@ def test_sync_replicas_timeout_degrades_or_blocks(cluster, caplog):
     db = ZODB.DB(primary)
     commit(db, x=1)
     assert "NOT on any secondary" in caplog.text
+    commit(db, x=2)                       # degraded: no second warning
+    assert caplog.text.count("NOT on any secondary") == 1
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    wait_for(lambda: primary.source.status()[0]["acked_tid"] ==
+             primary.lastTransaction().hex(), "the secondary's ACK")
+    for i in range(3):
+        tid = commit(db, x=i)
+        assert secondary.lastTransaction() >= tid    # synchronous again
+    assert "synchronous replication restored" in caplog.text
     db.close()
     blocking = cluster.primary(name="blocking", sync_replicas=1,
                                sync_timeout=0.2, sync_block=True)

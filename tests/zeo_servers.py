@@ -1,0 +1,98 @@
+"""Real ZEO server processes (ZEO's runzeo) with replication storages."""
+import ast
+import os
+import re
+import sys
+
+from tests.support import Process, wait_for
+from zkzeo.zkserver import free_port
+
+CONFIG = """\
+%import replication
+<zeo>
+  address 127.0.0.1:{zeo_port}
+</zeo>
+<replication 1>
+  name {name}
+  keep-alive-delay 0.5
+  reconnect-max-delay 0.3
+{keys}
+  <filestorage>
+    path {path}
+    blob-dir {blobs}
+  </filestorage>
+</replication>
+<eventlog>
+  level INFO
+  <logfile>
+    path STDOUT
+    format %(asctime)s %(levelname)s %(name)s %(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+class ZEOServer:
+    """One runzeo process; start() again after stop() or kill()."""
+
+    def __init__(self, directory, name, replicate_to=None,
+                 replicate_from=None, **keys):
+        self.directory = os.path.join(str(directory), name)
+        os.makedirs(self.directory, exist_ok=True)
+        self.name = name
+        self.path = os.path.join(self.directory, "Data.fs")
+        self.blobs = os.path.join(self.directory, "blobs")
+        self.replicate_to = replicate_to
+        self.replicate_from = replicate_from
+        self.keys = keys
+        self.process = None
+        self.address = None
+        self.starts = 0
+
+    def config(self):
+        keys = dict(self.keys)
+        if self.replicate_to:
+            keys["replicate-to"] = self.replicate_to
+        if self.replicate_from:
+            keys["replicate-from"] = self.replicate_from
+        text = CONFIG.format(
+            zeo_port=0, name=self.name, path=self.path, blobs=self.blobs,
+            keys="\n".join(f"  {k.replace('_', '-')} {v}"
+                           for k, v in keys.items()))
+        path = os.path.join(self.directory, "zeo.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self):
+        self.starts += 1
+        log = os.path.join(self.directory, f"zeo-{self.starts}.log")
+        self.process = Process(
+            [sys.executable, "-m", "replication.runzeo", "-C", self.config()], log,
+            env={"PYTHONPATH": os.pathsep.join(sys.path)})
+        match = wait_for(
+            lambda: self._check_alive() and re.search(
+                r"ZEO server listening on (\('[^']*', \d+\))", self.process.output()),
+            f"ZEO server {self.name} to listen", timeout=60)
+        self.address = ast.literal_eval(match.group(1))
+        return self
+
+    def _check_alive(self):
+        if not self.process.alive():
+            raise AssertionError(
+                f"ZEO server {self.name} exited:\n{self.process.output()}")
+        return True
+
+    def output(self):
+        return self.process.output()
+
+    def kill(self):
+        self.process.kill()
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop()
+
+
+def replication_address():
+    return f"127.0.0.1:{free_port()}"
