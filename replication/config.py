@@ -46,7 +46,7 @@ class ReplicationConfig:
                     base, c.replicate_from, replicate_to=c.replicate_to,
                     keep_alive_delay=c.keep_alive_delay,
                     replicate_blobs=c.replicate_blobs, name=name,
-                    reconnect_max=c.reconnect_max_delay)
+                    reconnect_max=c.reconnect_max_delay, reopen=c.base.open)
             return PrimaryStorage(
                 base, c.replicate_to, keep_alive_delay=c.keep_alive_delay,
                 sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,

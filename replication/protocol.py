@@ -30,6 +30,23 @@ Conversation
                                              when idle for keep-alive-delay
     ACK(last durable tid)                 ->  after commits, and when idle
 
+Snapshot: a secondary whose FileStorage is empty sets ``CAN_SNAPSHOT`` in
+HELLO.  The source may then answer WELCOME with a byte copy of its Data.fs
+up to a transaction boundary instead of transaction records (a replica built
+by restore is byte-identical to its primary, so this is the same file, at
+disk speed)::
+
+                                          <- SNAPSHOT(tid, length)
+                                          <- CHUNK... (length bytes of Data.fs)
+                                          <- BLOBFILE(oid, serial, size),
+                                             CHUNK... (per blob file <= tid)
+                                          <- SNAPSHOT_END(tid, BLAKE2b-256 of
+                                               the Data.fs bytes)
+                                          <- TXN... (live, after tid)
+
+The secondary writes the copy aside, checks the hash, and only then puts it
+in place of its empty storage.
+
 The source checks that HELLO's tid exists in its history and that its own
 transaction with that tid has the same digest; otherwise it answers REFUSE
 with code ``DIVERGENT`` and the secondary stops replicating (its data is
@@ -64,6 +81,9 @@ Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
     END        tid:8 digest:32
     HEARTBEAT  epoch:u64 last_tid:8
     ACK        tid:8
+    SNAPSHOT   tid:8 length:u64
+    BLOBFILE   oid:8 serial:8 size:u64
+    SNAPSHOT_END tid:8 digest:32
 """
 import hashlib
 import struct
@@ -86,6 +106,7 @@ NO_DIGEST = b"\0" * DIGEST_SIZE
 
 # HELLO flags
 WANT_BLOBS = 1
+CAN_SNAPSHOT = 2   # empty FileStorage: a byte copy of the source's file is ok
 
 # RECORD flags
 HAS_DATA = 1      # data is not None (None: creation undone)
@@ -158,6 +179,9 @@ Welcome = _message("Welcome", ord("W"), "epoch last_tid", "Q8s")
 End = _message("End", ord("E"), "tid digest", "8s32s")
 Heartbeat = _message("Heartbeat", ord("B"), "epoch last_tid", "Q8s")
 Ack = _message("Ack", ord("A"), "tid", "8s")
+Snapshot = _message("Snapshot", ord("S"), "tid length", "8sQ")
+BlobFile = _message("BlobFile", ord("F"), "oid serial size", "8s8sQ")
+SnapshotEnd = _message("SnapshotEnd", ord("Z"), "tid digest", "8s32s")
 
 
 class Hello(namedtuple("Hello", "epoch tid digest flags name")):
@@ -272,7 +296,8 @@ class Chunk(namedtuple("Chunk", "data")):
         return cls(bytes(payload))
 
 
-MESSAGES = (Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack)
+MESSAGES = (Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack,
+            Snapshot, BlobFile, SnapshotEnd)
 DECODERS = {m.TAG: m for m in MESSAGES}
 
 

@@ -29,8 +29,10 @@ from . import protocol
 from .address import format_address, parse_address
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
+                       Snapshot, BlobFile, SnapshotEnd,
                        HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
 from .records import is_blob_storage, transaction_digest
+from .snapshot import SnapshotReceiver, is_empty
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +169,12 @@ class Follower:
     """Follows one source and applies its transactions to ``storage``.
 
     ``committed(tid, oids)`` is called on the hub after each transaction is
-    durable (the secondary storage passes the invalidations on).
+    durable (the secondary storage passes the invalidations on).  With
+    ``install(path, blobs) -> storage``, an empty storage accepts a byte
+    copy of its source's file, which ``install`` puts in its place.
     """
 
-    def __init__(self, storage, source_address, committed,
+    def __init__(self, storage, source_address, committed, install=None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, reconnect_min=0.1, reconnect_max=5.0,
                  hub=None):
@@ -178,6 +182,7 @@ class Follower:
         self.storage = storage
         self.source_address = source_address
         self.committed = committed
+        self.install = install
         self.keep_alive_delay = keep_alive_delay
         self.want_blobs = want_blobs and is_blob_storage(storage)
         self.blob_dir = getattr(storage, "blob_dir", None) if \
@@ -287,6 +292,8 @@ class Follower:
             raise RuntimeError(f"cannot read own last transaction "
                                f"{last_tid.hex()}")
         flags = protocol.WANT_BLOBS if self.want_blobs else 0
+        if self.install is not None and is_empty(self.storage):
+            flags |= protocol.CAN_SNAPSHOT
         sock.settimeout(CONNECT_TIMEOUT)
         sock.sendall(protocol.preamble() + Hello(
             self.epoch(), last_tid, digest, flags, self.name).encode())
@@ -333,12 +340,12 @@ class Follower:
             reader.feed(data)
 
     def _receive(self, sock, reader, log):
-        pending = None
+        pending = None       # PendingTransaction being received
+        snapshot = None      # SnapshotReceiver while a byte copy arrives
         last_tid = self.storage.lastTransaction()
         acked = last_tid
         self._last_sent = self._last_received = time.monotonic()
-        buffer = bytearray(1 << 20)
-        view = memoryview(buffer)
+        view = memoryview(bytearray(4 << 20))
         try:
             while True:
                 message = reader.next()
@@ -356,11 +363,14 @@ class Follower:
                         raise ProtocolError("RECORD outside a transaction")
                     pending.add_record(message, self.blob_dir)
                 elif isinstance(message, Chunk):
-                    if pending is None:
+                    if snapshot is not None:
+                        snapshot.chunk(message.data)
+                    elif pending is not None:
+                        pending.add_chunk(message.data, self.blob_dir)
+                    else:
                         raise ProtocolError("CHUNK outside a transaction")
-                    pending.add_chunk(message.data, self.blob_dir)
                 elif isinstance(message, Txn):
-                    if pending is not None:
+                    if pending is not None or snapshot is not None:
                         raise ProtocolError("TXN inside a transaction")
                     if message.tid <= last_tid:
                         raise ProtocolError(
@@ -377,10 +387,38 @@ class Follower:
                         self.source_last_tid = last_tid
                     self.committed(last_tid, oids)
                 elif isinstance(message, Heartbeat):
-                    if pending is not None:
+                    if pending is not None or snapshot is not None:
                         raise ProtocolError("HEARTBEAT inside a transaction")
                     self.source_last_tid = message.last_tid
                     self.source_epoch = message.epoch
+                elif isinstance(message, Snapshot):
+                    if self.install is None or last_tid != Z64 or \
+                            pending is not None or snapshot is not None:
+                        raise ProtocolError("SNAPSHOT that was not asked for")
+                    log.info("receiving a byte copy of the source's file: "
+                             "%.1f MB up to tid %s", message.length / 1e6,
+                             message.tid.hex())
+                    snapshot = SnapshotReceiver(self.storage, message)
+                elif isinstance(message, BlobFile):
+                    if snapshot is None:
+                        raise ProtocolError("BLOBFILE outside a snapshot")
+                    snapshot.blob_file(message)
+                elif isinstance(message, SnapshotEnd):
+                    if snapshot is None:
+                        raise ProtocolError("SNAPSHOT_END outside a snapshot")
+                    path, blobs = snapshot.finish(message)
+                    snapshot = None
+                    self.storage = self.install(path, blobs)
+                    last_tid = self.storage.lastTransaction()
+                    if last_tid != message.tid:
+                        raise RuntimeError(
+                            f"the installed copy ends at {last_tid.hex()}, "
+                            f"not at {message.tid.hex()}")
+                    self.source_last_tid = max(self.source_last_tid,
+                                               last_tid)
+                    log.info("byte copy installed (%d blob files); "
+                             "following from tid %s", len(blobs),
+                             last_tid.hex())
                 else:
                     raise ProtocolError(
                         f"unexpected {type(message).__name__} from a source")
@@ -389,6 +427,9 @@ class Follower:
                 log.warning("aborting incomplete transaction %s",
                             pending.tid.hex())
                 pending.abort()
+            if snapshot is not None:
+                log.warning("discarding incomplete byte copy")
+                snapshot.abort()
 
     def _recv_into(self, sock, view, last_tid):
         """Receive into view; meanwhile send an ACK heartbeat every

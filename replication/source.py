@@ -27,6 +27,7 @@ from .address import format_address, parse_address
 from .hub import get_hub
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
+from .snapshot import can_snapshot, send_snapshot
 from .records import BlobRef, encode_transaction, next_tid, \
     open_iterator, transaction_digest
 
@@ -277,6 +278,12 @@ class Source:
         sock.settimeout(None)
         acks = gevent.spawn(self._read_acks, secondary, reader)
         try:
+            if (hello.flags & protocol.CAN_SNAPSHOT and hello.tid == Z64
+                    and self._last_tid != Z64 and can_snapshot(self.storage)):
+                secondary.sent_tid = send_snapshot(
+                    sock, self.storage,
+                    self.send_blobs and hello.flags & protocol.WANT_BLOBS,
+                    log)
             self._send_loop(secondary, hello.flags)
         finally:
             acks.kill()

@@ -7,8 +7,10 @@ provide the interfaces that the wrapped storage provides.
 import logging
 
 import zope.interface
+from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
+from . import snapshot
 from .secondary import Follower
 from .source import Source
 
@@ -246,9 +248,13 @@ class SecondaryStorage(StorageProxy):
 
     def __init__(self, base, replicate_from, replicate_to=None,
                  keep_alive_delay=1.0, replicate_blobs=True,
-                 name="secondary", reconnect_max=5.0, hub=None):
+                 name="secondary", reconnect_max=5.0, reopen=None,
+                 hub=None):
         StorageProxy.__init__(self, base)
         self._db = None
+        if reopen is None and snapshot.can_snapshot(base):
+            reopen = _filestorage_reopener(base)
+        self._reopen = reopen
         self.source = None
         self.replication_address = None
         if replicate_to:
@@ -257,6 +263,8 @@ class SecondaryStorage(StorageProxy):
                                  hub=hub)
             self.replication_address = self.source.start()
         self.follower = Follower(base, replicate_from, self._committed,
+                                 install=self._install_snapshot if reopen
+                                 else None,
                                  keep_alive_delay=keep_alive_delay,
                                  want_blobs=replicate_blobs, name=name,
                                  reconnect_max=reconnect_max, hub=hub)
@@ -269,6 +277,20 @@ class SecondaryStorage(StorageProxy):
             db.invalidate(tid, oids)
         if self.source is not None:
             self.source.notify_commit()
+
+    def _install_snapshot(self, path, blobs):
+        # On the replication hub: the empty storage makes way for a byte
+        # copy of the source's.  Clients (there is nothing they could have
+        # read) are told to drop their caches and reconnect.
+        new = snapshot.install(self.base, path, blobs, self._reopen)
+        self.base = new
+        if self._db is not None:
+            new.registerDB(self._db)
+            self._db.invalidateCache()
+        if self.source is not None:
+            self.source.storage = new
+            self.source.notify_commit()
+        return new
 
     def registerDB(self, db):
         self._db = db
@@ -297,3 +319,15 @@ class SecondaryStorage(StorageProxy):
         if self.source is not None:
             self.source.close()
         self.base.close()
+
+
+def _filestorage_reopener(fs):
+    name = fs.getName()
+    blob_dir = getattr(fs, "blob_dir", None)
+    options = {"pack_gc": fs._pack_gc, "pack_keep_old": fs.pack_keep_old}
+    if blob_dir:
+        options["blob_dir"] = blob_dir
+
+    def reopen():
+        return FileStorage(name, **options)
+    return reopen
