@@ -242,3 +242,29 @@ def test_bad_stream_commits_nothing_partial(cluster, caplog, damage,
     fs = FileStorage(cluster.path("s.fs"), read_only=True)
     assert [t.tid for t in fs.iterator()] == [t.tid for t in txns[:2]]
     fs.close()
+
+
+def test_corrupted_byte_copy_is_never_installed(cluster, caplog):
+    import hashlib
+    from replication.protocol import Chunk, Snapshot, SnapshotEnd
+    txns = encoded_history(cluster)
+    with open(cluster.path("model.fs"), "rb") as f:
+        data = f.read()
+    good_hash = hashlib.blake2b(data, digest_size=32).digest()
+    bad = data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
+    tid = txns[-1].tid
+    source = ScriptedSource(Welcome(0, tid).encode()
+                            + Snapshot(tid, len(bad)).encode()
+                            + Chunk(bad).encode()
+                            + SnapshotEnd(tid, good_hash).encode())
+    try:
+        secondary = cluster.secondary("%s:%s" % source.address, name="s")
+        wait_for(lambda: "snapshot checksum mismatch" in caplog.text and
+                 source.connections >= 2,
+                 "the secondary to reject the copy and try again")
+        assert secondary.lastTransaction() == Z64
+        assert secondary.getSize() == 4
+        secondary.close()
+    finally:
+        source.close()
+    assert not os.path.exists(cluster.path("s.fs.snapshot"))

@@ -110,21 +110,34 @@ def test_primary_two_secondaries_and_a_chain(servers, tmp_path):
             s.close()
 
 
-def test_source_killed_mid_transfer_leaves_whole_transactions(servers,
-                                                             tmp_path):
+@pytest.mark.parametrize("start_empty", [True, False],
+                         ids=["byte-copy", "transactions"])
+def test_source_killed_mid_transfer_leaves_whole_transactions(
+        servers, tmp_path, start_empty):
     repl = replication_address()
     primary = servers("primary", replicate_to=repl)
     db = ZEO.DB(primary.address, wait_timeout=60,
                 blob_dir=str(tmp_path / "client-blobs"))
     with db.transaction() as conn:
         conn.root.small = 1
+    late = None
+    if not start_empty:
+        # The secondary has the start of the history, so the rest comes as
+        # transactions (not as a byte copy of the file).
+        late = servers("late", replicate_from=repl)
+        wait_for(lambda: _last_tid(late) == _last_tid(primary),
+                 "the secondary to copy the first transaction")
+        late.stop()
     for i in range(3):
         with db.transaction() as conn:
             setattr(conn.root, f"big{i}", blob(os.urandom(20 * 1024 * 1024)))
     db.close()
-    late = servers("late", replicate_from=repl)
+    if late is None:
+        late = servers("late", replicate_from=repl)
+    else:
+        late.start()
     wait_for(lambda: "following from tid" in late.output(),
-             "the new secondary to start catching up")
+             "the secondary to start catching up")
     primary.kill()                       # while the blobs stream
     wait_for(lambda: "connection lost" in late.output(),
              "the secondary to notice its source died")
@@ -139,6 +152,7 @@ def test_source_killed_mid_transfer_leaves_whole_transactions(servers,
     ptids = [t.tid for t in pfs.iterator()]
     pfs.close()
     assert tids == ptids[:len(tids)]
+    assert not os.path.exists(late.path + ".snapshot")
     # Both come back and the secondary completes the copy.
     primary.start()
     late.start()
