@@ -27,7 +27,8 @@ class ReplicationConfig:
         self.name = config.getSectionName()
         if not (config.replicate_from or config.replicate_to):
             raise ZConfig.ConfigurationError(
-                f"replication section {self.name or ''}: set replicate-to "
+                f"replication section {self.name or ''}".strip() +
+                ": set replicate-to "
                 "(a primary) or replicate-from (a secondary)")
         if config.replicate_from and config.sync_replicas:
             raise ZConfig.ConfigurationError(
