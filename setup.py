@@ -21,6 +21,7 @@ setup(
         "zdaemon",
         "gevent",
         "kazoo",
+        "zodburi",
     ],
     extras_require={
         "test": ["pytest", "zope.testing", "manuel"],
@@ -28,6 +29,11 @@ setup(
     entry_points={
         "console_scripts": [
             "zkzeo-runzeo = replication.runzeo:main",
+            "zkrunzeo = zkzeo.server:main",
+        ],
+        "zodburi.resolvers": [
+            "zk = zkzeo.uri:resolve_zk",
+            "zkzeo = zkzeo.uri:resolve_zk",
         ],
     },
     classifiers=[

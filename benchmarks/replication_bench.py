@@ -1,28 +1,42 @@
 #!/usr/bin/env python3
-"""Benchmark zkzeo storage replication and print figures an operator can read.
+"""Benchmark zkzeo replication and print figures an operator can read.
 
 One run measures:
 
-1. Catch-up: how long a new, empty secondary takes to copy a primary's
-   Data.fs of about --size-mb (many small-object transactions, like a CMS),
-   compared with ``cp`` + fsync of the same file.
-2. Commit-to-visible lag: time from ``transaction.commit()`` returning on the
-   primary until the transaction is the secondary's last transaction, for
-   paced commits (100/s) and for back-to-back commits.
-3. Commit throughput: small commits per second through ZODB.DB on a plain
-   FileStorage, a PrimaryStorage without secondaries and a PrimaryStorage with
-   one secondary (asynchronous, and with sync_replicas=1); then plain
-   FileStorage against PrimaryStorage + 1 secondary behind an (in-process)
-   ZEO server.
+1. Catch-up, in this process, of a primary's Data.fs of about --size-mb
+   (many small-object transactions, like a CMS):
 
-Back-to-back lag is stamped twice: by a listener registered on the secondary
-(what a ZEO server on the secondary is told, no extra thread) and by a thread
-polling ``lastTransaction()``, which competes for the GIL and inflates the lag.
+   (a) ``cp`` + fsync of the file, the yardstick;
+   (b) a new, *empty* secondary: it receives a byte copy of the primary's
+       Data.fs (a "snapshot") and installs it;
+   (c) a secondary that already has the first transactions (so no byte
+       copy): it restores and fsyncs the rest transaction by transaction.
 
-Everything runs in this one process: the primary, its secondary (on the
-replication hub thread), and the ZEO server and client.  They share one
-machine, one disk and one GIL, so the replication figures are pessimistic
-compared with a secondary on its own machine.
+2. Commit -> visible lag.  The primary is a ZODB.DB on a PrimaryStorage in
+   this process; "visible" means:
+
+   (a) a secondary ZEO server in its *own process* (``python -m
+       replication.runzeo``) replicates the commit and a read-only ZEO
+       client of that server (in this process) receives the invalidation
+       for the transaction -- what an application reading from the
+       secondary sees;
+   (b) for reference, a secondary in this process calls the listener
+       registered on it (everything shares one GIL).
+
+   Both paced (100 commits/s) and back to back; p50/p99/max.
+
+3. Small-commit throughput, with every secondary in its own process:
+
+   (a) ZODB.DB in this process on a plain FileStorage, on a PrimaryStorage
+       without secondaries, with one secondary, and with one secondary and
+       sync_replicas=1;
+   (b) through ZEO, every ZEO server a runzeo process and the client in this
+       process: a plain FileStorage server against a primary server with one
+       secondary server (asynchronous, and sync-replicas 1).
+
+Every server process is stopped at the end, also on Ctrl-C or SIGTERM (and,
+on Linux, when this process dies: they get SIGTERM through
+PR_SET_PDEATHSIG).
 
 Usage::
 
@@ -31,18 +45,23 @@ Usage::
     PYTHONPATH=. python benchmarks/replication_bench.py --size-mb 1000 \\
         --workdir /srv/scratch          # measure on the disk that matters
 
-Progress goes to stderr, figures to stdout.
+Progress goes to stderr, figures to stdout.  All processes share one
+machine and one disk, so the replication figures are pessimistic compared
+with a secondary on its own machine.
 """
 import argparse
-import bisect
+import ast
 import filecmp
 import logging
 import math
 import os
 import platform
 import random
+import re
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,9 +70,9 @@ import time
 import transaction
 import ZODB
 import ZEO
-import ZEO.StorageServer
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
+from ZEO.ClientStorage import ClientStorage
 from ZODB.FileStorage import FileStorage
 
 try:
@@ -67,9 +86,10 @@ MB = 1024 * 1024
 FOLDERS = 64                 # containers (OOBTrees) that documents live in
 PACE_RATE = 100              # commits per second for the paced lag test
 LAG_POLL = 0                 # time.sleep(0): releases the GIL, no delay
-POLLER_SLEEP = 0.0001        # the back-to-back poller thread's interval
 CATCHUP_POLL = 0.005         # poll interval while a secondary catches up
 STALL_TIMEOUT = 120.0        # give up when a secondary makes no progress
+SERVER_START_TIMEOUT = 60.0  # for a ZEO server process to listen
+PRIMARY_TXNS = 2             # transactions (c) starts from: root and site
 
 log = logging.getLogger("replication_bench")
 
@@ -105,14 +125,22 @@ def percentile(values, q):
 
 
 class WarningCounter(logging.Handler):
-    """Remembers the replication package's warnings and errors."""
+    """Remembers warnings and errors: the replication package's in this
+    process (as log records) and the server processes' (as log lines)."""
 
     def __init__(self):
         logging.Handler.__init__(self, logging.WARNING)
-        self.records = []
+        self.records = []          # (source, text)
 
     def emit(self, record):
-        self.records.append(record)
+        self.records.append(
+            (record.name, f"{record.levelname} {record.getMessage()}"))
+
+    def add_line(self, source, line):
+        self.records.append((source, line))
+
+
+WARNINGS = WarningCounter()
 
 
 # --- a CMS-like workload ---------------------------------------------------
@@ -199,8 +227,21 @@ class FsyncOff:
         self.module.fsync = self.saved
 
 
+def create_site(path, rng):
+    """A Data.fs with just the first PRIMARY_TXNS transactions."""
+    with FsyncOff():
+        db = ZODB.DB(FileStorage(path))
+        try:
+            conn = db.open()
+            Workload(conn, rng)
+            conn.close()
+        finally:
+            db.close()
+
+
 def build_datafs(path, size_mb, rng):
-    """Write a Data.fs of about size_mb MB; return (transactions, seconds)."""
+    """Grow the Data.fs at path to about size_mb MB (creating it, or going
+    on after create_site); return (transactions, seconds)."""
     target = size_mb * MB
     start = time.perf_counter()
     with FsyncOff():
@@ -209,7 +250,7 @@ def build_datafs(path, size_mb, rng):
             conn = db.open()
             work = Workload(conn, rng)
             storage = db.storage
-            txns = 2            # the root and the site
+            txns = PRIMARY_TXNS     # the root and the site
             last_report = 0.0
             while storage.getSize() < target:
                 work.transaction(rng.randint(20, 50))
@@ -233,18 +274,269 @@ def build_datafs(path, size_mb, rng):
     return txns, seconds
 
 
-# --- helpers for primaries and secondaries ---------------------------------
+# --- ZEO server processes ----------------------------------------------------
+
+# The child runs replication.runzeo's main (what `python -m
+# replication.runzeo -C zeo.conf` runs) after asking Linux to SIGTERM it
+# when this process goes away, so no server outlives the benchmark.
+LAUNCHER = """\
+import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+except (OSError, AttributeError):
+    pass                    # not Linux: Ctrl-C and SIGTERM handling remain
+if os.getppid() != parent:
+    sys.exit("the benchmark process is gone")
+runpy.run_module("replication.runzeo", run_name="__main__", alter_sys=True)
+"""
+
+SERVER_CONFIG = """\
+{imports}
+<zeo>
+  address 127.0.0.1:0
+</zeo>
+{storage}
+<eventlog>
+  level INFO
+  <logfile>
+    path {log}
+    format %(asctime)s %(levelname)s %(name)s %(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+def storage_section(path, replicate_from=None, replicate_to=None,
+                    sync_replicas=0):
+    """A ZConfig storage section: a filestorage, wrapped in <replication>
+    when replicate_from or replicate_to is given."""
+    fs = f"<filestorage>\n  path {path}\n</filestorage>"
+    if not (replicate_from or replicate_to):
+        return fs
+    keys = []
+    if replicate_from:
+        keys.append(f"replicate-from {replicate_from}")
+    if replicate_to:
+        keys.append(f"replicate-to {replicate_to}")
+    if sync_replicas:
+        keys.append(f"sync-replicas {sync_replicas}")
+    inner = "\n".join("  " + line for line in keys + fs.splitlines())
+    return f"<replication 1>\n{inner}\n</replication>"
+
+
+def addr_text(address):
+    host, port = address[:2]
+    return f"{host}:{port}"
+
+
+class ServerProcess:
+    """A ZEO server in its own process (replication.runzeo, i.e. ZEO's
+    runzeo), its Data.fs in workdir/name.  ``address`` is its ZEO address;
+    for a primary, ``replication_address`` is where it serves replication.
+    """
+
+    running = []                # started and not stopped yet
+
+    def __init__(self, workdir, name, replicate_from=None, replicate_to=None,
+                 sync_replicas=0):
+        self.name = name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.path = os.path.join(self.dir, "Data.fs")
+        self.log_path = os.path.join(self.dir, "zeo.log")
+        section = storage_section(self.path, replicate_from, replicate_to,
+                                  sync_replicas)
+        config = os.path.join(self.dir, "zeo.conf")
+        with open(config, "w") as f:
+            f.write(SERVER_CONFIG.format(
+                imports="%import replication" if "<replication" in section
+                else "", storage=section, log=self.log_path))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._output = open(os.path.join(self.dir, "output.txt"), "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(os.getpid()), "-C", config],
+            stdout=self._output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)     # Ctrl-C is ours to handle
+        ServerProcess.running.append(self)
+        self.replication_address = None
+        try:
+            m = self.wait_for_log(
+                r"ZEO server listening on (\('[^']*', \d+\))",
+                SERVER_START_TIMEOUT, "to listen")
+            self.address = ast.literal_eval(m.group(1))
+            if replicate_to:
+                m = self.wait_for_log(r"serving replication of \S+ on (\S+)",
+                                      SERVER_START_TIMEOUT,
+                                      "to serve replication")
+                host, _, port = m.group(1).rpartition(":")
+                self.replication_address = (host.strip("[]"), int(port))
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_text(self):
+        try:
+            with open(self.log_path, encoding="utf-8",
+                      errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern, timeout, what):
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log_text())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"ZEO server {self.name} exited "
+                    f"({self.popen.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ZEO server {self.name}: waited "
+                                   f"{timeout:.0f}s {what}:\n{self.tail()}")
+            time.sleep(0.02)
+
+    def tail(self, lines=20):
+        with open(os.path.join(self.dir, "output.txt"), errors="replace") \
+                as f:
+            output = f.read()
+        return "\n".join((self.log_text() + output).splitlines()[-lines:])
+
+    def stop(self):
+        """SIGTERM (runzeo closes its storages), SIGKILL after 30 s."""
+        if self not in ServerProcess.running:
+            return
+        try:
+            if self.popen.poll() is None:
+                self.popen.terminate()
+                try:
+                    self.popen.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait()
+        finally:
+            ServerProcess.running.remove(self)
+            self._output.close()
+        for line in self.log_text().splitlines():
+            if re.search(r" (WARNING|ERROR|CRITICAL) ", line):
+                WARNINGS.add_line(f"server {self.name}", line)
+
+    @classmethod
+    def stop_all(cls):
+        for server in list(reversed(cls.running)):
+            try:
+                server.stop()
+            except BaseException:
+                # keep going: every other server must be stopped too
+                log.exception("could not stop server %s (pid %s)",
+                              server.name, server.popen.pid)
+
+
+def secondary_process(workdir, name, source_address):
+    """A secondary ZEO server process replicating from source_address."""
+    return ServerProcess(workdir, name,
+                         replicate_from=addr_text(source_address))
+
+
+class VisibilityListener:
+    """Registered like a DB on a storage: stamps each invalidation.
+
+    On a SecondaryStorage it is called right after a replicated commit;
+    on a ZEO ClientStorage when the server's invalidation arrives (on the
+    client's I/O thread).  ``wait_for(tid)`` blocks until tid was seen.
+    """
+
+    def __init__(self):
+        self.stamps = {}            # tid -> perf_counter
+        self.last = b"\0" * 8
+        self.cache_invalidations = 0
+        self._cond = threading.Condition()
+
+    def invalidate(self, tid, oids):
+        now = time.perf_counter()
+        with self._cond:
+            self.stamps[tid] = now
+            if tid > self.last:
+                self.last = tid
+            self._cond.notify_all()
+
+    def invalidateCache(self):
+        self.cache_invalidations += 1
+
+    def transform_record_data(self, data):
+        return data
+
+    def untransform_record_data(self, data):
+        return data
+
+    def wait_for(self, tid, timeout=STALL_TIMEOUT):
+        """Wait until an invalidation for tid (or a later one) arrived."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.last < tid:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RuntimeError(
+                        f"transaction {tid.hex()} never became visible "
+                        f"(last seen {self.last.hex()})")
+                self._cond.wait(remaining)
+
+
+class SecondaryClient:
+    """A read-only ZEO client of a secondary server, with a listener."""
+
+    def __init__(self, address):
+        self.listener = VisibilityListener()
+        self.storage = ClientStorage(address, read_only=True,
+                                     wait_timeout=SERVER_START_TIMEOUT)
+        self.storage.registerDB(self.listener)
+
+    def wait_for(self, tid, timeout=STALL_TIMEOUT):
+        """Wait until the server's last transaction is at least tid."""
+        if self.storage.lastTransaction() >= tid:
+            return
+        self.listener.wait_for(tid, timeout)
+
+    def close(self):
+        self.storage.close()
+
+
+def wait_secondary_server(server, tid, timeout=STALL_TIMEOUT):
+    """Wait until the secondary server's last transaction is tid."""
+    client = SecondaryClient(server.address)
+    try:
+        client.wait_for(tid, timeout)
+    finally:
+        client.close()
+
+
+# --- helpers for in-process primaries and secondaries ------------------------
 
 def wait_caught_up(primary, secondary, what, show_progress=False,
-                   total_bytes=None, poll=CATCHUP_POLL):
+                   total_bytes=None, poll=CATCHUP_POLL, copy_path=None):
     """Wait until the secondary's last transaction is the primary's.
 
     Returns the seconds waited.  Raises RuntimeError when the secondary
-    makes no progress for STALL_TIMEOUT seconds.
+    makes no progress (neither transactions nor bytes) for STALL_TIMEOUT
+    seconds.  copy_path: where a byte copy would arrive (for progress).
     """
     start = time.perf_counter()
     target = primary.lastTransaction()
-    last_seen = secondary.lastTransaction()
+
+    def done_bytes():
+        size = secondary.getSize()
+        if copy_path and size <= 4:
+            try:
+                size = os.path.getsize(copy_path)
+            except OSError:
+                pass
+        return size
+
+    last_seen = (secondary.lastTransaction(), done_bytes())
     last_change = start
     last_report = start
     while True:
@@ -254,8 +546,9 @@ def wait_caught_up(primary, secondary, what, show_progress=False,
                 progress("\r" + " " * 78 + "\r", end="")
             return time.perf_counter() - start
         now = time.perf_counter()
-        if current != last_seen:
-            last_seen, last_change = current, now
+        done = done_bytes()
+        if (current, done) != last_seen:
+            last_seen, last_change = (current, done), now
         elif now - last_change > STALL_TIMEOUT:
             raise RuntimeError(
                 f"{what}: the secondary made no progress for "
@@ -263,22 +556,10 @@ def wait_caught_up(primary, secondary, what, show_progress=False,
                 f"{secondary.replication_status()}")
         if show_progress and now - last_report >= 1.0:
             last_report = now
-            done = secondary.getSize()
             frac = f" / {total_bytes / MB:.1f} MB" if total_bytes else " MB"
             progress(f"\r  {what}: {done / MB:7.1f}{frac}, "
                      f"{done / MB / (now - start):5.1f} MB/s", end="")
         time.sleep(poll)
-
-
-def pair(workdir, name, sync_replicas=0):
-    """A fresh primary with one secondary attached, both caught up."""
-    primary = replication.PrimaryStorage(
-        FileStorage(os.path.join(workdir, f"{name}-primary.fs")),
-        "127.0.0.1:0", sync_replicas=sync_replicas)
-    secondary = replication.SecondaryStorage(
-        FileStorage(os.path.join(workdir, f"{name}-secondary.fs")),
-        primary.replication_address)
-    return primary, secondary
 
 
 def wait_connected(primary, timeout=30.0):
@@ -300,11 +581,49 @@ def remove_storage_files(workdir, name):
                 os.remove(path)
 
 
-# --- 1. catch-up -----------------------------------------------------------
+# --- 1. catch-up -------------------------------------------------------------
+
+def timed_catchup(primary, dst, what, size):
+    """Start a SecondaryStorage on dst; return (seconds, its size)."""
+    secondary = None
+    try:
+        start = time.perf_counter()
+        secondary = replication.SecondaryStorage(
+            FileStorage(dst), primary.replication_address)
+        wait_caught_up(primary, secondary, what, show_progress=True,
+                       total_bytes=size, copy_path=dst + ".snapshot")
+        seconds = time.perf_counter() - start
+        return seconds, secondary.getSize()
+    finally:
+        if secondary is not None:
+            secondary.close()
+
 
 def bench_catchup(workdir, size_mb, rng):
-    heading(f"1. Catch-up of a new secondary (Data.fs of ~{size_mb} MB)")
+    heading(f"1. Catch-up of a secondary (Data.fs of ~{size_mb} MB, "
+            "in-process)")
     src = os.path.join(workdir, "catchup.fs")
+    old = os.path.join(workdir, "catchup-old-secondary.fs")
+    new = os.path.join(workdir, "catchup-new-secondary.fs")
+
+    # A secondary that has the first transactions: it takes a byte copy
+    # while the primary is that small, then goes away while the primary
+    # grows.
+    progress(f"  creating a secondary with the first {PRIMARY_TXNS} "
+             "transactions ...")
+    create_site(src, rng)
+    primary = replication.PrimaryStorage(FileStorage(src), "127.0.0.1:0")
+    try:
+        secondary = replication.SecondaryStorage(
+            FileStorage(old), primary.replication_address)
+        try:
+            wait_caught_up(primary, secondary, "small secondary")
+        finally:
+            secondary.close()
+    finally:
+        primary.close()
+    old_size = os.path.getsize(old)
+
     txns, build_seconds = build_datafs(src, size_mb, rng)
     size = os.path.getsize(src)
     out(f"  Data.fs: {size / MB:.1f} MB, {txns:,} transactions "
@@ -320,39 +639,49 @@ def bench_catchup(workdir, size_mb, rng):
         os.fsync(f.fileno())
     cp_seconds = time.perf_counter() - start
     os.remove(copy)
-    out(f"  (a) cp + fsync:            {cp_seconds:8.2f} s  "
-        f"{size / MB / cp_seconds:8.1f} MB/s")
+    out(f"  (a) cp + fsync:                       {cp_seconds:8.2f} s  "
+        f"{size / MB / cp_seconds:7.1f} MB/s")
 
-    # (b) an empty secondary catching up
     progress("  opening the primary ...")
     primary = replication.PrimaryStorage(FileStorage(src), "127.0.0.1:0")
-    secondary = None
-    dst = os.path.join(workdir, "catchup-secondary.fs")
     try:
-        progress("  starting an empty secondary ...")
-        start = time.perf_counter()
-        secondary = replication.SecondaryStorage(
-            FileStorage(dst), primary.replication_address)
-        wait_caught_up(primary, secondary, "secondary catching up",
-                       show_progress=True, total_bytes=size)
-        catchup_seconds = time.perf_counter() - start
-        secondary_size = secondary.getSize()
+        # (b) a new, empty secondary: byte copy
+        progress("  starting an empty secondary (byte copy) ...")
+        snap_seconds, snap_size = timed_catchup(
+            primary, new, "empty secondary catching up", size)
+        snap_identical = filecmp.cmp(src, new, shallow=False)
+        out(f"  (b) new empty secondary (byte copy):  {snap_seconds:8.2f} s  "
+            f"{size / MB / snap_seconds:7.1f} MB/s  "
+            f"{txns / snap_seconds:8.0f} txn/s  "
+            f"= {snap_seconds / cp_seconds:.1f} x cp time")
+        out(f"      Data.fs {snap_size / MB:.1f} MB, byte-identical to the "
+            f"primary's: {'yes' if snap_identical else 'NO'}")
+
+        # (c) a secondary with the first transactions: one by one
+        rest = size - old_size
+        rest_txns = txns - PRIMARY_TXNS
+        progress(f"  restarting the secondary that has {PRIMARY_TXNS} "
+                 "transactions (transaction-by-transaction catch-up) ...")
+        txn_seconds, txn_size = timed_catchup(
+            primary, old, "transaction-by-transaction catch-up", size)
+        txn_identical = filecmp.cmp(src, old, shallow=False)
+        out(f"  (c) transaction-by-transaction catch-up "
+            f"(secondary had the first {PRIMARY_TXNS}):")
+        out(f"                                        {txn_seconds:8.2f} s  "
+            f"{rest / MB / txn_seconds:7.1f} MB/s  "
+            f"{rest_txns / txn_seconds:8.0f} txn/s  "
+            f"= {txn_seconds / cp_seconds:.1f} x cp time")
+        out(f"      restores, and fsyncs, each of the {rest_txns:,} "
+            "transactions on its own")
+        out(f"      Data.fs {txn_size / MB:.1f} MB, byte-identical to the "
+            f"primary's: {'yes' if txn_identical else 'NO'}")
     finally:
-        if secondary is not None:
-            secondary.close()
         primary.close()
-    identical = filecmp.cmp(src, dst, shallow=False)
-    out(f"  (b) new secondary catch-up:{catchup_seconds:8.2f} s  "
-        f"{size / MB / catchup_seconds:8.1f} MB/s  "
-        f"{txns / catchup_seconds:8.0f} txn/s  "
-        f"= {catchup_seconds / cp_seconds:.1f} x cp time")
-    out(f"      (the secondary commits, and fsyncs, each of the {txns:,} "
-        "transactions on its own)")
-    out(f"      secondary Data.fs {secondary_size / MB:.1f} MB, "
-        f"byte-identical to the primary's: {'yes' if identical else 'NO'}")
-    remove_storage_files(workdir, "catchup")
+        remove_storage_files(workdir, "catchup")
     return {"size": size, "txns": txns, "cp": cp_seconds,
-            "catchup": catchup_seconds, "identical": identical}
+            "snapshot": snap_seconds, "snapshot_identical": snap_identical,
+            "by_txn": txn_seconds, "by_txn_bytes": rest,
+            "by_txn_txns": rest_txns, "by_txn_identical": txn_identical}
 
 
 # --- 2. commit-to-visible lag -------------------------------------------------
@@ -367,86 +696,45 @@ def fmt_lag(s):
             f"max {s['max']:7.2f} ms")
 
 
-class VisibilityListener:
-    """Registered on a secondary like a DB: stamps each replicated commit.
-
-    A SecondaryStorage calls ``invalidate(tid, oids)`` on its registered DB
-    (a ZEO server, in production) right after the transaction is committed
-    to its storage, i.e. when ``lastTransaction()`` starts returning it.
-    """
-
-    def __init__(self):
-        self.stamps = []            # (tid, perf_counter)
-        self.recording = True
-
-    def invalidate(self, tid, oids):
-        if self.recording:
-            self.stamps.append((tid, time.perf_counter()))
-
-    def invalidateCache(self):
-        pass
-
-    def transform_record_data(self, data):
-        return data
-
-    def untransform_record_data(self, data):
-        return data
+def paced_lag(work, primary, wait_visible, n):
+    """One commit every 1/PACE_RATE s; wait until each is visible."""
+    interval = 1.0 / PACE_RATE
+    lags = []
+    next_at = time.perf_counter()
+    started = next_at
+    for _ in range(n):
+        now = time.perf_counter()
+        if now < next_at:
+            time.sleep(next_at - now)
+        next_at = max(next_at + interval, time.perf_counter())
+        work.small_transaction()
+        committed = time.perf_counter()
+        visible = wait_visible(primary.lastTransaction())
+        lags.append((visible - committed) * 1000.0)
+    stats = lag_stats(lags)
+    stats["rate"] = n / (time.perf_counter() - started)
+    return stats
 
 
-def burst_lag(work, primary, secondary, n, probe):
-    """Commit n small transactions back to back; return lag statistics.
-
-    probe "listener": stamps from a VisibilityListener on the secondary;
-    probe "poll": stamps from a thread polling secondary.lastTransaction().
-    """
-    stop = threading.Event()
-    listener = None
-    thread = None
-    if probe == "listener":
-        listener = VisibilityListener()
-        secondary.registerDB(listener)
-        stamps = listener.stamps
-    else:
-        stamps = []                 # (secondary last tid, perf_counter)
-
-        def poller():
-            last = secondary.lastTransaction()
-            while not stop.is_set():
-                current = secondary.lastTransaction()
-                if current != last:
-                    stamps.append((current, time.perf_counter()))
-                    last = current
-                time.sleep(POLLER_SLEEP)
-
-        thread = threading.Thread(target=poller, name="lag-poller",
-                                  daemon=True)
-        thread.start()
-    try:
-        commits = []                # (tid, perf_counter after commit)
-        started = time.perf_counter()
-        for _ in range(n):
-            work.small_transaction()
-            commits.append((primary.lastTransaction(), time.perf_counter()))
-        seconds = time.perf_counter() - started
-        drain = wait_caught_up(primary, secondary, "back-to-back drain",
-                               poll=0.0005)
-        time.sleep(0.01)            # let the poller see the last tid
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join()
-        if listener is not None:
-            listener.recording = False  # (it stays registered: harmless)
-    stamps = list(stamps)
-    stamp_tids = [t for t, _ in stamps]
+def burst_lag(work, primary, listener, n):
+    """Commit n small transactions back to back; lags from the stamps of
+    the listener."""
+    commits = []                    # (tid, perf_counter after commit)
+    started = time.perf_counter()
+    for _ in range(n):
+        work.small_transaction()
+        commits.append((primary.lastTransaction(), time.perf_counter()))
+    seconds = time.perf_counter() - started
+    listener.wait_for(commits[-1][0])
+    drain = time.perf_counter() - started - seconds
     lags = []
     early = 0
     for tid, committed in commits:
-        i = bisect.bisect_left(stamp_tids, tid)
-        if i == len(stamps):
-            raise RuntimeError("back-to-back lag: a commit was never seen "
-                               "on the secondary")
-        lag = stamps[i][1] - committed
+        stamp = listener.stamps.get(tid)
+        if stamp is None:
+            raise RuntimeError(f"no invalidation for transaction "
+                               f"{tid.hex()} arrived")
+        lag = stamp - committed
         if lag < 0:
             early += 1              # visible before commit() returned
             lag = 0.0
@@ -456,74 +744,111 @@ def burst_lag(work, primary, secondary, n, probe):
     return stats
 
 
-def bench_lag(workdir, n_paced, n_burst, rng):
-    heading("2. Commit-to-visible lag on a secondary (in-process)")
-    primary, secondary = pair(workdir, "lag")
-    db = ZODB.DB(primary)
+def print_lags(paced, burst, n_paced, n_burst):
+    out(f"  paced, {n_paced} commits at {paced['rate']:.0f}/s:")
+    out(f"      {fmt_lag(paced)}")
+    out(f"  back to back, {n_burst} commits at {burst['rate']:.0f}/s:")
+    out(f"      {fmt_lag(burst)}")
+    out(f"      caught up {fmt_s(burst['drain'])} after the last commit")
+    if burst["early"]:
+        out(f"      ({burst['early']} commits were visible before "
+            "commit() returned: counted as 0 ms)")
+
+
+def bench_lag_process(workdir, n_paced, n_burst, rng):
+    heading("2a. Commit -> visible to a ZEO client of a secondary server "
+            "process")
+    out("    ZODB.DB on a PrimaryStorage here; secondary: runzeo process;")
+    out("    visible = the invalidation reaches a read-only ZEO client of "
+        "it (here)")
+    primary = replication.PrimaryStorage(
+        FileStorage(os.path.join(workdir, "lagp-primary.fs")), "127.0.0.1:0")
+    server = client = db = None
     try:
+        progress("  starting the secondary server process ...")
+        server = secondary_process(workdir, "lagp-secondary",
+                                   primary.replication_address)
+        wait_connected(primary)
+        db = ZODB.DB(primary)
+        client = SecondaryClient(server.address)
         conn = db.open()
         work = Workload(conn, rng)
         work.seed(200)
+        client.wait_for(primary.lastTransaction())
+        listener = client.listener
+
+        def wait_visible(tid):
+            listener.wait_for(tid)
+            return listener.stamps[tid]
+
+        progress(f"  paced lag: {n_paced} commits at {PACE_RATE}/s ...")
+        paced = paced_lag(work, primary, wait_visible, n_paced)
+        progress(f"  back-to-back lag: {n_burst} commits ...")
+        burst = burst_lag(work, primary, listener, n_burst)
+        print_lags(paced, burst, n_paced, n_burst)
+        if listener.cache_invalidations:
+            out(f"      (the client was told to drop its cache "
+                f"{listener.cache_invalidations} time(s))")
+        conn.close()
+    finally:
+        if client is not None:
+            client.close()
+        if server is not None:
+            server.stop()
+        if db is not None:
+            db.close()
+        else:
+            primary.close()
+        remove_storage_files(workdir, "lagp")
+    return {"paced": paced, "burst": burst}
+
+
+def bench_lag_inprocess(workdir, n_paced, n_burst, rng):
+    heading("2b. Commit -> visible on an in-process secondary (reference)")
+    out("    primary, secondary and probe in this process, one GIL; "
+        "visible = the")
+    out("    secondary calls the listener registered on it after its "
+        "commit")
+    primary = replication.PrimaryStorage(
+        FileStorage(os.path.join(workdir, "lagi-primary.fs")), "127.0.0.1:0")
+    secondary = replication.SecondaryStorage(
+        FileStorage(os.path.join(workdir, "lagi-secondary.fs")),
+        primary.replication_address)
+    db = None
+    try:
         wait_connected(primary)
+        db = ZODB.DB(primary)
+        listener = VisibilityListener()
+        secondary.registerDB(listener)
+        conn = db.open()
+        work = Workload(conn, rng)
+        work.seed(200)
         wait_caught_up(primary, secondary, "initial catch-up")
 
-        # (a) paced: one commit every 1/PACE_RATE s, wait until visible
-        progress(f"  paced lag: {n_paced} commits at {PACE_RATE}/s ...")
-        interval = 1.0 / PACE_RATE
-        lags = []
-        next_at = time.perf_counter()
-        started = next_at
-        for _ in range(n_paced):
-            now = time.perf_counter()
-            if now < next_at:
-                time.sleep(next_at - now)
-            next_at = max(next_at + interval, time.perf_counter())
-            work.small_transaction()
-            committed = time.perf_counter()
-            tid = primary.lastTransaction()
-            deadline = committed + STALL_TIMEOUT
+        def wait_visible(tid):
+            deadline = time.perf_counter() + STALL_TIMEOUT
             while secondary.lastTransaction() < tid:
                 if time.perf_counter() > deadline:
                     raise RuntimeError("paced lag: a commit never became "
                                        "visible on the secondary")
                 time.sleep(LAG_POLL)
-            lags.append((time.perf_counter() - committed) * 1000.0)
-        rate = n_paced / (time.perf_counter() - started)
-        paced = lag_stats(lags)
-        paced["rate"] = rate
-        out(f"  (a) paced, {n_paced} commits at {rate:.0f}/s:")
-        out(f"      {fmt_lag(paced)}")
+            return time.perf_counter()
 
-        # (b) back to back: commit without waiting; stamp when each tid
-        # became visible on the secondary, two ways
-        progress(f"  back-to-back lag: {n_burst} commits, stamped by an "
-                 "invalidation listener ...")
-        burst = burst_lag(work, primary, secondary, n_burst, "listener")
-        out(f"  (b) back to back, {n_burst} commits at "
-            f"{burst['rate']:.0f}/s (stamped by a listener on the")
-        out("      secondary, called as each replicated commit finishes):")
-        out(f"      {fmt_lag(burst)}")
-        out(f"      secondary caught up {fmt_s(burst['drain'])} after the "
-            "last commit")
-        if burst["early"]:
-            out(f"      ({burst['early']} commits were visible before "
-                "commit() returned: counted as 0 ms)")
-        progress(f"  back-to-back lag: {n_burst} commits, stamped by a "
-                 "polling thread ...")
-        polled = burst_lag(work, primary, secondary, n_burst, "poll")
-        out(f"  (b') the same, {n_burst} commits at {polled['rate']:.0f}/s "
-            "(stamped by a thread polling")
-        out(f"      lastTransaction() every {POLLER_SLEEP * 1e6:.0f} us, "
-            "competing for the GIL):")
-        out(f"      {fmt_lag(polled)}")
-        out(f"      secondary caught up {fmt_s(polled['drain'])} after the "
-            "last commit")
+        progress(f"  in-process paced lag: {n_paced} commits at "
+                 f"{PACE_RATE}/s ...")
+        paced = paced_lag(work, primary, wait_visible, n_paced)
+        progress(f"  in-process back-to-back lag: {n_burst} commits ...")
+        burst = burst_lag(work, primary, listener, n_burst)
+        print_lags(paced, burst, n_paced, n_burst)
         conn.close()
     finally:
         secondary.close()
-        db.close()
-        remove_storage_files(workdir, "lag")
-    return {"paced": paced, "burst": burst, "polled": polled}
+        if db is not None:
+            db.close()
+        else:
+            primary.close()
+        remove_storage_files(workdir, "lagi")
+    return {"paced": paced, "burst": burst}
 
 
 # --- 3. commit throughput ------------------------------------------------------
@@ -544,67 +869,83 @@ def run_commits(db, n, rng, warmup=20):
         conn.close()
 
 
-class Setup:
-    """A storage to commit to, and what to close after the commits.
+class InProcess:
+    """ZODB.DB in this process on a FileStorage or a PrimaryStorage, and
+    optionally one secondary server process replicating from it."""
 
-    ``storage`` is what ZODB.DB (or a ZEO server) gets; ``before_close()``
-    runs once the commits are done, before the storage is closed (it stops
-    a secondary before its primary goes away).
-    """
+    def __init__(self, workdir, name, replicate=False, secondaries=0,
+                 sync_replicas=0):
+        self.workdir, self.name = workdir, name
+        self.replicate = replicate
+        self.secondaries = secondaries
+        self.sync_replicas = sync_replicas
 
-    def __init__(self, storage, secondary=None):
-        self.storage = storage
-        self.secondary = secondary
-        if secondary is not None:
-            wait_connected(storage)
-
-    def before_close(self):
-        if self.secondary is not None:
-            wait_caught_up(self.storage, self.secondary, "secondary")
-            self.secondary.close()
-            self.secondary = None
-
-
-def setup_plain(workdir, name):
-    return Setup(FileStorage(os.path.join(workdir, f"{name}.fs")))
-
-
-def setup_alone(workdir, name):
-    return Setup(replication.PrimaryStorage(
-        FileStorage(os.path.join(workdir, f"{name}.fs")), "127.0.0.1:0"))
-
-
-def setup_pair(sync_replicas):
-    def setup(workdir, name):
-        return Setup(*pair(workdir, name, sync_replicas=sync_replicas))
-    return setup
-
-
-def commit_in_process(setup, n, rng):
-    db = ZODB.DB(setup.storage)
-    try:
-        return run_commits(db, n, rng)
-    finally:
-        setup.before_close()
-        db.close()              # closes the storage too
-
-
-def commit_through_zeo(setup, n, rng):
-    server = ZEO.StorageServer.StorageServer(("127.0.0.1", 0),
-                                             {"1": setup.storage})
-    server.start_thread()
-    try:
-        db = ZEO.DB(server.acceptor.addr)
+    def run(self, n, rng):
+        path = os.path.join(self.workdir, f"{self.name}.fs")
+        storage = FileStorage(path)
+        if self.replicate:
+            storage = replication.PrimaryStorage(
+                storage, "127.0.0.1:0", sync_replicas=self.sync_replicas)
+        server = db = None
         try:
-            return run_commits(db, n, rng)
+            if self.secondaries:
+                server = secondary_process(self.workdir,
+                                           f"{self.name}-secondary",
+                                           storage.replication_address)
+                wait_connected(storage)
+            db = ZODB.DB(storage)
+            rate = run_commits(db, n, rng)
+            if server is not None:
+                wait_secondary_server(server, storage.lastTransaction())
+            return rate
         finally:
-            db.close()
-            setup.before_close()
-    finally:
-        server.close()          # closes the storage too
+            if server is not None:
+                server.stop()
+            if db is not None:
+                db.close()          # closes the storage too
+            else:
+                storage.close()
 
 
-def compare(workdir, configs, commit, n, rounds, rng):
+class ThroughZEO:
+    """A ZEO client here; the ZEO server a runzeo process (plain
+    FileStorage, or a primary with one secondary server process)."""
+
+    def __init__(self, workdir, name, secondaries=0, sync_replicas=0):
+        self.workdir, self.name = workdir, name
+        self.secondaries = secondaries
+        self.sync_replicas = sync_replicas
+
+    def run(self, n, rng):
+        primary = secondary = db = None
+        try:
+            primary = ServerProcess(
+                self.workdir, f"{self.name}-primary",
+                replicate_to="127.0.0.1:0" if self.secondaries else None,
+                sync_replicas=self.sync_replicas)
+            if self.secondaries:
+                secondary = secondary_process(
+                    self.workdir, f"{self.name}-secondary",
+                    primary.replication_address)
+                primary.wait_for_log("secondary connected from tid",
+                                     SERVER_START_TIMEOUT,
+                                     "for its secondary")
+            db = ZEO.DB(primary.address)
+            rate = run_commits(db, n, rng)
+            if secondary is not None:
+                wait_secondary_server(secondary,
+                                      db.storage.lastTransaction())
+            return rate
+        finally:
+            if db is not None:
+                db.close()
+            if secondary is not None:
+                secondary.stop()
+            if primary is not None:
+                primary.stop()
+
+
+def compare(workdir, configs, n, rounds, rng):
     """Run every config `rounds` times, interleaved; print and return
     [(label, median commits/s, min, max)], the first config the baseline."""
     rates = {label: [] for label, _ in configs}
@@ -612,13 +953,9 @@ def compare(workdir, configs, commit, n, rounds, rng):
         for i, (label, make) in enumerate(configs):
             progress(f"  round {r + 1}/{rounds}: {label} ...")
             name = f"tp-{i}-{r}"
-            setup = None
             try:
-                setup = make(workdir, name)
-                rates[label].append(commit(setup, n, rng))
+                rates[label].append(make(workdir, name).run(n, rng))
             finally:
-                if setup is not None and setup.secondary is not None:
-                    setup.secondary.close()
                 remove_storage_files(workdir, name)
     results = []
     for label, _ in configs:
@@ -627,34 +964,46 @@ def compare(workdir, configs, commit, n, rounds, rng):
     base = results[0][1]
     for label, rate, low, high in results:
         spread = f"  (range {low:.0f}-{high:.0f})" if rounds > 1 else ""
-        out(f"  {label:<46} {rate:6.0f} commits/s  {rate / base:5.2f} x"
+        out(f"  {label:<48} {rate:6.0f} commits/s  {rate / base:5.2f} x"
             f"{spread}")
     return results
 
 
 def bench_throughput(workdir, n, rounds, rng):
-    heading(f"3a. Commit throughput in-process: ZODB.DB, {n} small commits "
-            "(~4 objects)")
-    out(f"    median of {rounds} round(s); ratios to plain FileStorage")
+    heading(f"3a. Commit throughput, ZODB.DB in this process: {n} small "
+            "commits (~4 objects)")
+    out(f"    secondaries are runzeo processes; median of {rounds} "
+        "round(s); ratios to plain FileStorage")
     configs = [
-        ("plain FileStorage", setup_plain),
-        ("PrimaryStorage, no secondary", setup_alone),
-        ("PrimaryStorage + 1 secondary", setup_pair(0)),
-        ("PrimaryStorage + 1 secondary, sync_replicas=1", setup_pair(1)),
+        ("plain FileStorage",
+         lambda w, name: InProcess(w, name)),
+        ("PrimaryStorage, no secondary",
+         lambda w, name: InProcess(w, name, replicate=True)),
+        ("PrimaryStorage + 1 secondary process",
+         lambda w, name: InProcess(w, name, replicate=True, secondaries=1)),
+        ("PrimaryStorage + 1 secondary, sync_replicas=1",
+         lambda w, name: InProcess(w, name, replicate=True, secondaries=1,
+                                   sync_replicas=1)),
     ]
-    return compare(workdir, configs, commit_in_process, n, rounds, rng)
+    return compare(workdir, configs, n, rounds, rng)
 
 
 def bench_zeo(workdir, n, rounds, rng):
     heading(f"3b. Commit throughput through ZEO: {n} small commits "
             "(~4 objects)")
-    out(f"    ZEO server and client in this process; median of {rounds} "
-        "round(s)")
+    out("    every ZEO server a runzeo process, the client in this process; "
+        f"median of {rounds}")
+    out("    round(s); ratios to the plain FileStorage server")
     configs = [
-        ("ZEO + plain FileStorage", setup_plain),
-        ("ZEO + PrimaryStorage + 1 secondary", setup_pair(0)),
+        ("ZEO server, plain FileStorage",
+         lambda w, name: ThroughZEO(w, name)),
+        ("ZEO primary + 1 secondary server",
+         lambda w, name: ThroughZEO(w, name, secondaries=1)),
+        ("ZEO primary + 1 secondary, sync-replicas 1",
+         lambda w, name: ThroughZEO(w, name, secondaries=1,
+                                    sync_replicas=1)),
     ]
-    return compare(workdir, configs, commit_through_zeo, n, rounds, rng)
+    return compare(workdir, configs, n, rounds, rng)
 
 
 # --- main --------------------------------------------------------------------
@@ -670,62 +1019,75 @@ def environment(workdir):
             f"workdir {workdir}")
 
 
-def summary(env, catchup, lag, tp, zeo, warnings):
+def summary(env, results):
     width = 78
     out()
     out("=" * width)
     out("SUMMARY -- zkzeo replication benchmark")
     out(env)
     out("=" * width)
-    if catchup:
-        c = catchup
+    c = results.get("catchup")
+    if c:
         size_mb = c["size"] / MB
-        out(f"Catch-up of an empty secondary, Data.fs {size_mb:.1f} MB, "
-            f"{c['txns']:,} transactions")
-        out(f"  cp + fsync                  {c['cp']:8.2f} s  "
+        out(f"Catch-up, Data.fs {size_mb:.1f} MB, {c['txns']:,} "
+            "transactions (in-process)")
+        out(f"  cp + fsync                          {c['cp']:8.2f} s  "
             f"{size_mb / c['cp']:7.1f} MB/s")
-        out(f"  secondary catch-up          {c['catchup']:8.2f} s  "
-            f"{size_mb / c['catchup']:7.1f} MB/s  "
-            f"{c['txns'] / c['catchup']:6.0f} txn/s  "
-            f"{c['catchup'] / c['cp']:6.1f} x cp")
-        out("  secondary's Data.fs byte-identical to the primary's: "
-            f"{'yes' if c['identical'] else 'NO'}")
-    if lag:
-        p, b = lag["paced"], lag["burst"]
-        out("Commit -> visible on the secondary (in-process)")
-        out(f"  paced {p['rate']:4.0f}/s ({p['n']:>5} commits)  "
-            f"{fmt_lag(p)}")
-        out(f"  back to back ({b['n']:>5}, {b['rate']:4.0f}/s)  "
-            f"{fmt_lag(b)}")
-        b = lag["polled"]
-        out(f"  same, polled ({b['n']:>5}, {b['rate']:4.0f}/s)  "
-            f"{fmt_lag(b)}")
-    for title, rows in (("Commit throughput, ZODB.DB in-process "
-                         "(small commits)", tp),
-                        ("Commit throughput through ZEO (small commits)",
-                         zeo)):
+        out(f"  new empty secondary (byte copy)     {c['snapshot']:8.2f} s  "
+            f"{size_mb / c['snapshot']:7.1f} MB/s  "
+            f"{c['txns'] / c['snapshot']:7.0f} txn/s  "
+            f"{c['snapshot'] / c['cp']:5.1f} x cp")
+        out(f"  transaction-by-transaction catch-up {c['by_txn']:8.2f} s  "
+            f"{c['by_txn_bytes'] / MB / c['by_txn']:7.1f} MB/s  "
+            f"{c['by_txn_txns'] / c['by_txn']:7.0f} txn/s  "
+            f"{c['by_txn'] / c['cp']:5.1f} x cp")
+        out("  secondaries' Data.fs byte-identical to the primary's: "
+            f"{'yes' if c['snapshot_identical'] else 'NO'} (byte copy), "
+            f"{'yes' if c['by_txn_identical'] else 'NO'} (by transaction)")
+    for key, title in (
+            ("lag_process", "Commit -> visible to a ZEO client of a "
+             "secondary server process"),
+            ("lag_inprocess", "Commit -> visible on an in-process secondary "
+             "(one GIL; reference)")):
+        lag = results.get(key)
+        if lag:
+            p, b = lag["paced"], lag["burst"]
+            out(title)
+            out(f"  paced {p['rate']:4.0f}/s ({p['n']:>5} commits)  "
+                f"{fmt_lag(p)}")
+            out(f"  back to back ({b['n']:>5}, {b['rate']:4.0f}/s)  "
+                f"{fmt_lag(b)}")
+    for key, title in (("throughput", "Commit throughput, ZODB.DB "
+                        "in-process, secondaries are processes"),
+                       ("zeo", "Commit throughput through ZEO, servers are "
+                        "processes")):
+        rows = results.get(key)
         if rows:
             out(title)
             base = rows[0][1]
             for label, rate, _, _ in rows:
-                out(f"  {label:<46} {rate:6.0f} commits/s  "
+                out(f"  {label:<48} {rate:6.0f} commits/s  "
                     f"{rate / base:5.2f} x")
     out("-" * width)
-    if warnings.records:
-        out(f"replication logged {len(warnings.records)} warning(s)/"
-            "error(s); the first ones:")
-        for record in warnings.records[:5]:
-            out(f"  {record.levelname} {record.name}: "
-                f"{record.getMessage()[:200]}")
+    if WARNINGS.records:
+        out(f"{len(WARNINGS.records)} warning(s)/error(s) were logged; "
+            "the first ones:")
+        for source, text in WARNINGS.records[:5]:
+            out(f"  {source}: {text[:200]}")
     else:
-        out("replication logged no warnings or errors")
+        out("no replication warnings or errors were logged (this process "
+            "and the servers)")
     out("=" * width)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Measure zkzeo replication: catch-up of a new "
-        "secondary, commit-to-visible lag and commit throughput.")
+        description="Measure zkzeo replication: catch-up of a secondary, "
+        "commit-to-visible lag and commit throughput.")
     parser.add_argument("--size-mb", type=int, default=None,
                         help="size of the Data.fs for the catch-up test "
                         "(default 200, or 20 with --quick)")
@@ -740,7 +1102,11 @@ def main(argv=None):
                         "median is reported (default 3, or 1 with --quick)")
     parser.add_argument("--seed", type=int, default=42,
                         help="random seed of the workload")
+    parser.add_argument("--only", default="catchup,lag,throughput,zeo",
+                        help="comma-separated parts to run (catchup, lag, "
+                        "throughput, zeo; default all)")
     args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
 
     size_mb = args.size_mb or (20 if args.quick else 200)
     n_paced = 200 if args.quick else 1000
@@ -751,8 +1117,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    warnings = WarningCounter()
-    logging.getLogger("replication").addHandler(warnings)
+    logging.getLogger("replication").addHandler(WARNINGS)
+    signal.signal(signal.SIGTERM, _terminate)
 
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -761,20 +1127,35 @@ def main(argv=None):
     env = environment(workdir)
     out(f"zkzeo replication benchmark{' (--quick)' if args.quick else ''}")
     out(env)
-    catchup = lag = tp = zeo = None
+    results = {}
     status = 0
     started = time.perf_counter()
     try:
-        catchup = bench_catchup(workdir, size_mb, rng)
-        lag = bench_lag(workdir, n_paced, n_burst, rng)
-        tp = bench_throughput(workdir, n_tp, rounds, rng)
-        zeo = bench_zeo(workdir, n_tp, rounds, rng)
+        if "catchup" in parts:
+            results["catchup"] = bench_catchup(workdir, size_mb, rng)
+        if "lag" in parts:
+            results["lag_process"] = bench_lag_process(
+                workdir, n_paced, n_burst, rng)
+            results["lag_inprocess"] = bench_lag_inprocess(
+                workdir, n_paced, n_burst, rng)
+        if "throughput" in parts:
+            results["throughput"] = bench_throughput(workdir, n_tp, rounds,
+                                                     rng)
+        if "zeo" in parts:
+            results["zeo"] = bench_zeo(workdir, n_tp, rounds, rng)
+    except KeyboardInterrupt:
+        progress("\ninterrupted: stopping the server processes ...")
+        status = 130
     except Exception:
         log.exception("benchmark failed")
         status = 1
     finally:
+        # Ignore further Ctrl-C / SIGTERM until every server is stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ServerProcess.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    summary(env, catchup, lag, tp, zeo, warnings)
+    summary(env, results)
     out(f"total run time {time.perf_counter() - started:.0f} s")
     return status
 

@@ -12,7 +12,12 @@ from .storage import PrimaryStorage, SecondaryStorage
 logger = logging.getLogger(__name__)
 
 
+FOLLOW_CLUSTER = "zk:"
+
+
 def address(value):
+    if value.strip() == FOLLOW_CLUSTER:
+        return FOLLOW_CLUSTER    # follow whoever ZooKeeper names (zkrunzeo)
     try:
         parse_address(value)
     except AddressError as e:
@@ -30,29 +35,56 @@ class ReplicationConfig:
                 f"replication section {self.name or ''}".strip() +
                 ": set replicate-to "
                 "(a primary) or replicate-from (a secondary)")
-        if config.replicate_from and config.sync_replicas:
+        if config.replicate_from and config.replicate_from != \
+                FOLLOW_CLUSTER and config.sync_replicas:
             raise ZConfig.ConfigurationError(
                 "sync-replicas is a primary's setting; this section has "
                 "replicate-from, which makes it a secondary")
 
+    @property
+    def follows_cluster(self):
+        """``replicate-from zk:``: the role is ZooKeeper's decision."""
+        return self.config.replicate_from == FOLLOW_CLUSTER
+
     def open(self):
+        if self.follows_cluster:
+            raise ZConfig.ConfigurationError(
+                "replicate-from zk: means ZooKeeper decides this server's "
+                "role: run it with zkrunzeo (and a <zookeeper> section)")
+        c = self.config
+        if c.replicate_from:
+            return self.open_secondary(c.replicate_from)
+        return self.open_primary()
+
+    def open_primary(self):
+        c = self.config
+        if not c.replicate_to:
+            raise ZConfig.ConfigurationError(
+                f"replication section {self.name or ''}".strip() +
+                ": a primary needs replicate-to")
+        return self._open(lambda base, name: PrimaryStorage(
+            base, c.replicate_to, keep_alive_delay=c.keep_alive_delay,
+            sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,
+            sync_block=c.sync_block, replicate_blobs=c.replicate_blobs,
+            name=name))
+
+    def open_secondary(self, source):
+        """A secondary of ``source``: an address, or a callable returning
+        the current one (or None while there is none)."""
+        c = self.config
+        return self._open(lambda base, name: SecondaryStorage(
+            base, source, replicate_to=c.replicate_to,
+            keep_alive_delay=c.keep_alive_delay,
+            replicate_blobs=c.replicate_blobs, name=name,
+            reconnect_max=c.reconnect_max_delay, reopen=c.base.open))
+
+    def _open(self, wrap):
         c = self.config
         if not c.replicate_blobs:
             protect_shared_blob_dir(c.base)
         base = c.base.open()
-        name = c.name or base.getName()
         try:
-            if c.replicate_from:
-                return SecondaryStorage(
-                    base, c.replicate_from, replicate_to=c.replicate_to,
-                    keep_alive_delay=c.keep_alive_delay,
-                    replicate_blobs=c.replicate_blobs, name=name,
-                    reconnect_max=c.reconnect_max_delay, reopen=c.base.open)
-            return PrimaryStorage(
-                base, c.replicate_to, keep_alive_delay=c.keep_alive_delay,
-                sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,
-                sync_block=c.sync_block, replicate_blobs=c.replicate_blobs,
-                name=name)
+            return wrap(base, c.name or base.getName())
         except BaseException:
             base.close()
             raise

@@ -234,7 +234,17 @@ class Follower:
         log = logger
         while True:
             source = self.source_address
-            address = parse_address(source() if callable(source) else source)
+            address = source() if callable(source) else source
+            if address is None:
+                problem = "no source to replicate from is known yet"
+                if problem != self.problem:
+                    _adapter(self.name, "?").warning("%s; waiting", problem)
+                self.state = State.CONNECTING
+                self.problem = problem
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            address = parse_address(address)
             peer = format_address(address)
             log = _adapter(self.name, peer)
             try:

@@ -17,6 +17,8 @@ def wait_for(predicate, what, timeout=DEFAULT_TIMEOUT, interval=0.01):
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise                # a definite failure (a process died...)
         except Exception as e:  # the condition may not be checkable yet
             last_error = e
         if time.monotonic() > deadline:

@@ -1,0 +1,157 @@
+"""Watching a database's node: the cluster state and its running servers.
+
+A ``ClusterView`` keeps an up-to-date ``Snapshot`` of the path through
+kazoo watches (a DataWatch on the database's node, which also works while
+the node does not exist, and a ChildrenWatch on its children once it does),
+and calls ``on_change(snapshot)`` after each change.  kazoo runs watch
+callbacks on its own event thread; ``on_change`` must not block for long.
+"""
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from kazoo.exceptions import NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+
+from .layout import ClusterState, LayoutError, ServerInfo
+
+logger = logging.getLogger(__name__)
+
+WRITE, FALLBACK, READ = "write", "fallback", "read"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable picture of one database's node in ZooKeeper."""
+    path: str
+    exists: bool = False
+    state: ClusterState = ClusterState()
+    state_version: int = -1
+    servers: tuple = ()          # ServerInfo, sorted by address
+    problems: tuple = field(default=(), compare=False)
+
+    def by_name(self, name):
+        for s in self.servers:
+            if s.name == name:
+                return s
+        return None
+
+    @property
+    def primary(self):
+        """The running server the cluster state names as primary."""
+        if self.state.primary is None:
+            return None
+        return self.by_name(self.state.primary)
+
+    def addresses(self, mode=WRITE):
+        """ZEO addresses for a client.
+
+        ZEO connects to every address it is given at once and keeps the
+        first that suits it, so order is not enough: ``WRITE`` clients get
+        the primary alone (once one is known), ``FALLBACK`` clients every
+        server, primary first, and ``READ`` (read-only) clients the
+        secondaries, to spread reads, or every server when there is none.
+        """
+        primary = self.primary
+        others = [s.address for s in self.servers if s is not primary]
+        if mode == WRITE and primary is not None:
+            return [primary.address]
+        if mode == READ and others:
+            return others
+        return ([primary.address] if primary is not None else []) + others
+
+
+class ClusterView:
+    """Follows ``path`` in ZooKeeper; ``snapshot`` is always current."""
+
+    def __init__(self, client, path, on_change=None):
+        self.client = client
+        self.path = path
+        self.on_change = on_change
+        self.snapshot = Snapshot(path)
+        self._lock = threading.RLock()
+        self._children = None
+        self._children_watch = None
+        self._stopped = False
+        self._warned = set()
+        self._ready = threading.Event()
+        DataWatch(client, path, self._state_changed)
+
+    def wait_ready(self, timeout=None):
+        return self._ready.wait(timeout)
+
+    def stop(self):
+        self._stopped = True
+
+    def _state_changed(self, data, stat):
+        if self._stopped:
+            return False
+        with self._lock:
+            if stat is None:
+                self._children = None
+                self._children_watch = None
+            elif self._children_watch is None:
+                # ChildrenWatch stops for good when the node is deleted,
+                # so one is started each time the node (re)appears.
+                self._children_watch = ChildrenWatch(
+                    self.client, self.path, self._children_changed)
+            self._refresh(data, stat)
+        self._ready.set()
+
+    def _children_changed(self, children):
+        if self._stopped:
+            return False
+        with self._lock:
+            self._children = children
+            try:
+                data, stat = self.client.retry(self.client.get, self.path)
+            except NoNodeError:
+                data, stat = None, None
+            self._refresh(data, stat)
+
+    def refresh(self):
+        """Re-read everything now (also after a server changed its data)."""
+        with self._lock:
+            try:
+                data, stat = self.client.retry(self.client.get, self.path)
+                self._children = self.client.retry(
+                    self.client.get_children, self.path)
+            except NoNodeError:
+                data, stat, self._children = None, None, None
+            self._refresh(data, stat)
+        return self.snapshot
+
+    def _refresh(self, data, stat):
+        problems = []
+        try:
+            state = ClusterState.from_bytes(data, self.path)
+        except LayoutError as e:
+            problems.append(str(e))
+            state = ClusterState()
+        servers = []
+        for child in sorted(self._children or ()):
+            try:
+                child_data, _ = self.client.retry(
+                    self.client.get, f"{self.path}/{child}")
+                servers.append(ServerInfo.from_node(child, child_data))
+            except NoNodeError:
+                continue            # gone meanwhile
+            except LayoutError as e:
+                problems.append(f"{self.path}: {e}; skipped")
+        for problem in problems:
+            if problem not in self._warned:
+                self._warned.add(problem)
+                logger.warning("%s", problem)
+        snapshot = Snapshot(self.path, stat is not None, state,
+                            stat.version if stat else -1,
+                            tuple(servers), tuple(problems))
+        changed = snapshot != self.snapshot
+        self.snapshot = snapshot
+        if changed and self.on_change is not None:
+            try:
+                self.on_change(snapshot)
+            except Exception:
+                logger.exception("error handling a change of %s", self.path)
+
+
+__all__ = ["ClusterView", "Snapshot", "WRITE", "FALLBACK", "READ"]

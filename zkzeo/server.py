@@ -1,0 +1,156 @@
+"""``zkrunzeo``: a ZEO server that registers in ZooKeeper and takes its role
+(primary or secondary) from the cluster state there.
+
+It is ZEO's runzeo, extended through ``ZEOServer``'s hooks:
+
+* ``open_storages`` connects to ZooKeeper (waiting, with a log line per
+  attempt, while it is unreachable), reads the cluster state, decides the
+  role (``ha.decide_start``; bootstrap is a compare-and-set), and opens each
+  ``<replication>`` section with ``replicate-from zk:`` as a primary or as a
+  secondary that follows whichever server ZooKeeper names primary;
+* ``create_server`` registers ``PATH/HOST:PORT`` with the real, reachable
+  address once the ZEO server listens;
+* ``close_server`` removes the node first, so clients stop using the server
+  at once on a clean stop (SIGTERM).
+
+kazoo runs on its own threads; replication on its gevent hub; ZEO on its
+asyncio loop.  The only crossings are kazoo watch callbacks reading the
+``ClusterView`` snapshot, and the replication follower calling
+``primary_replication_address`` (a read of that snapshot).
+"""
+import logging
+import os
+import socket
+
+from kazoo.exceptions import BadVersionError, NodeExistsError
+
+import replication.runzeo
+import ZEO.runzeo
+from replication.config import ReplicationConfig
+
+from . import ha, zk
+from .discovery import ClusterView
+from .layout import PRIMARY, SECONDARY, ServerInfo, format_address
+from .registry import Registration
+
+logger = logging.getLogger(__name__)
+
+
+class ZKZEOOptions(ZEO.runzeo.ZEOOptions):
+    schemadir = os.path.dirname(os.path.abspath(__file__))
+
+    def __init__(self):
+        super().__init__()
+        self.add("zookeeper", "zookeeper")
+
+
+class ZKZEOServer(replication.runzeo.ZEOServer):
+
+    zk = None
+    view = None
+    registration = None
+    role = None
+
+    def open_storages(self):
+        config = self.options.zookeeper
+        self.server_name = config.server_name(self.options.configfile)
+        self.zk = zk.start_patiently(zk.make_client(
+            config.connection, session_timeout=config.session_timeout,
+            auth=config.auth, acl=config.acl))
+        self.zk.ensure_path(config.path)
+        self.view = ClusterView(self.zk, config.path)
+        self.view.wait_ready(30)
+        self.role, self.epoch = self._decide_role(config)
+        self.storages = {}
+        for opener in self.options.storages:
+            self.storages[opener.name] = self._open(opener)
+
+    def _decide_role(self, config):
+        while True:
+            snapshot = self.view.refresh()
+            action, sentence = ha.decide_start(snapshot, self.server_name,
+                                               config.bootstrap)
+            if action == ha.BOOTSTRAP:
+                state = ha.bootstrap_state(self.server_name)
+                try:
+                    self.zk.set(config.path, state.to_bytes(),
+                                version=snapshot.state_version)
+                except (BadVersionError, NodeExistsError):
+                    logger.info("the cluster state changed while %s tried "
+                                "to bootstrap; deciding again",
+                                self.server_name)
+                    continue
+                logger.info("%s", sentence)
+                return PRIMARY, state.epoch
+            logger.info("%s", sentence)
+            role = PRIMARY if action == ha.RUN_PRIMARY else SECONDARY
+            return role, snapshot.state.epoch
+
+    def _open(self, opener):
+        if isinstance(opener, ReplicationConfig) and opener.follows_cluster:
+            if self.role == PRIMARY:
+                return opener.open_primary()
+            return opener.open_secondary(self.primary_replication_address)
+        if self.role == SECONDARY:
+            raise SystemExit(
+                f"{self.server_name} must run as a secondary, but storage "
+                f"{opener.name!r} cannot follow a primary: use a "
+                "<replication> section with replicate-from zk:")
+        return opener.open()
+
+    def primary_replication_address(self):
+        """The replication address of the primary ZooKeeper names now."""
+        primary = self.view.snapshot.primary
+        if primary is None or primary.name == self.server_name:
+            return None
+        return primary.replication
+
+    def create_server(self):
+        super().create_server()
+        config = self.options.zookeeper
+        address = replication.runzeo.bound_address(self.server)
+        if isinstance(address, str):
+            raise SystemExit("zkrunzeo needs a TCP address for the ZEO "
+                             "server (clients find it in ZooKeeper)")
+        info = ServerInfo(
+            name=self.server_name, role=self.role,
+            address=(self._advertised_host(address[0]), address[1]),
+            epoch=self.epoch, pid=os.getpid(),
+            replication=self._replication_address())
+        self.registration = Registration(self.zk, config.path, info)
+        self.registration.register()
+
+    def _advertised_host(self, host):
+        if host in ("", "0.0.0.0", "::"):
+            return self.options.zookeeper.advertise_host or socket.getfqdn()
+        return host
+
+    def _replication_address(self):
+        for storage in self.storages.values():
+            address = getattr(storage, "replication_address", None)
+            if isinstance(address, tuple):
+                return format_address(
+                    (self._advertised_host(address[0]), address[1]))
+        return None
+
+    def close_server(self):
+        if self.registration is not None:
+            self.registration.close()
+        if self.view is not None:
+            self.view.stop()
+        try:
+            super().close_server()
+        finally:
+            if self.zk is not None:
+                self.zk.stop()
+                self.zk.close()
+
+
+def main(args=None):
+    options = ZKZEOOptions()
+    options.realize(args)
+    ZKZEOServer(options).main()
+
+
+if __name__ == "__main__":
+    main()

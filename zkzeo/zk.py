@@ -1,0 +1,86 @@
+"""Connecting to ZooKeeper with kazoo (threading handler).
+
+kazoo does the real work: it reconnects to another ensemble member when one
+dies, retries operations (``client.retry``) and keeps the session alive.
+Here we only give it our settings and turn "cannot connect" into a clear
+error or a patient wait with one log line per attempt.
+"""
+import logging
+
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from kazoo.security import ACL, Id, Permissions, make_digest_acl
+
+logger = logging.getLogger(__name__)
+
+
+class ZooKeeperUnreachable(Exception):
+    """No ZooKeeper server of the ensemble answered in time."""
+
+
+def make_client(hosts, session_timeout=10.0, auth=None, acl=None):
+    """A KazooClient (not started).
+
+    ``session_timeout`` is in seconds (kazoo's unit; zc.zkzeo documented
+    milliseconds and passed them as seconds).  ``auth`` is "user:password"
+    for digest authentication; ``acl``, if true, makes nodes we create
+    readable by everyone and writable only by that user.
+    """
+    auth_data = [("digest", auth)] if auth else None
+    default_acl = None
+    if auth and acl:
+        user, _, password = auth.partition(":")
+        default_acl = [make_digest_acl(user, password, all=True),
+                       ACL(Permissions.READ, Id("world", "anyone"))]
+    client = KazooClient(
+        hosts=hosts, timeout=session_timeout, auth_data=auth_data,
+        default_acl=default_acl,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2,
+                                    max_delay=2.0, ignore_expire=False),
+        command_retry=KazooRetry(max_tries=5, delay=0.1, backoff=2,
+                                 max_delay=2.0))
+    client.zkzeo_hosts = hosts     # for messages
+    return client
+
+
+def start(client, timeout):
+    """Start ``client``; ZooKeeperUnreachable if not connected in time."""
+    try:
+        client.start(timeout=timeout)
+    except KazooTimeoutError:
+        client.stop()
+        client.close()
+        raise ZooKeeperUnreachable(
+            f"could not reach ZooKeeper at {_hosts(client)} "
+            f"within {timeout:g}s; check the ensemble address and that "
+            "ZooKeeper is running") from None
+    return client
+
+
+def start_patiently(client, attempt_timeout=5.0, stopping=lambda: False):
+    """Start ``client``, waiting as long as it takes (servers do this).
+
+    Logs one warning per attempt, so an operator sees why a server is not
+    up yet, and returns once connected.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            client.start(timeout=attempt_timeout)
+            if attempt > 1:
+                logger.info("connected to ZooKeeper at %s after %d attempts",
+                            _hosts(client), attempt)
+            return client
+        except KazooTimeoutError:
+            client.stop()
+            if stopping():
+                raise ZooKeeperUnreachable(
+                    f"gave up reaching ZooKeeper at {_hosts(client)}")
+            logger.warning("ZooKeeper at %s is unreachable (attempt %d); "
+                           "still trying", _hosts(client), attempt)
+
+
+def _hosts(client):
+    return getattr(client, "zkzeo_hosts", "?")
