@@ -47,8 +47,8 @@ def test_server_configurations_replicate(tmp_path):
     try:
         for i, text in enumerate(blocks("conf")):
             text = text.values[0].replace("var/", str(tmp_path) + "/")
-            for old, new in ports.items():
-                text = text.replace(old, new)
+            text = re.sub(r"\b(%s)\b" % "|".join(ports),
+                          lambda m: ports[m.group(1)], text)
             directory = re.search(r"path (.*)/Data.fs", text).group(1)
             os.makedirs(directory)
             conf = os.path.join(directory, "zeo.conf")
