@@ -25,12 +25,35 @@ def blocks(kind):
                                    id=f"{os.path.basename(path)}-{i}")
 
 
+@pytest.fixture(scope="module")
+def documented_cluster(zookeeper, tmp_path_factory):
+    """The server of docs/zookeeper.md, running, for the docs' clients."""
+    from tests.support import Process, wait_for
+    [text] = [b.values[0] for b in blocks("zkconf")]
+    directory = tmp_path_factory.mktemp("documented")
+    text = text.replace("127.0.0.1:2181", zookeeper.address).replace(
+        "var/", f"{directory}/")
+    os.makedirs(directory / "db1")
+    conf = directory / "zeo.conf"
+    conf.write_text(text)
+    server = Process([sys.executable, "-m", "zkzeo.server", "-C", str(conf)],
+                     str(directory / "log"),
+                     env={"PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        wait_for(lambda: "registered" in server.output(),
+                 "the documented zkrunzeo server to register")
+        yield zookeeper.address
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("code", list(blocks("python")))
-def test_python_examples_run(code, tmp_path):
+def test_python_examples_run(code, tmp_path, documented_cluster):
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
         text=True, timeout=120,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path),
+                 ZOOKEEPER=documented_cluster))
     assert result.returncode == 0, result.stderr
     expected = re.findall(r"print\(.*\)\s+# (.*)", code)
     assert result.stdout.split("\n")[:len(expected)] == expected
