@@ -3,27 +3,39 @@
 
 A ZODB.DB in this process on a PrimaryStorage, one secondary ZEO server in
 its own process (``replication.runzeo``, as in replication_bench.py), and
-the benchmark's small CMS-like commits (~4 objects).  Three passes over the
-same setup:
+the benchmark's small CMS-like commits (~4 objects).  Passes:
 
-1. timing, no profiler: µs per commit for a plain FileStorage, and for the
-   PrimaryStorage + secondary (the difference is what replication costs);
-2. counting: how often the replication functions run per commit (light
-   wrappers around a few functions, this pass only);
-3. py-spy sampling of this process (all threads): once wall-clock
-   (``--idle``: where the committing thread waits too) and once ``--gil``
-   (which thread holds the GIL doing what).  Samples are turned into µs per
-   commit for the functions of replication/*.py and the top hotspots of the
-   replication hub thread.
+1. timing, no profiler: wall µs per commit, CPU µs (user/system) of the
+   committing thread, of the replication hub thread and of the secondary
+   process, and context switches, for: a plain FileStorage; a
+   PrimaryStorage alone; with one secondary process; with a "sink" (a
+   process that reads the stream and ACKs but stores nothing: the primary's
+   own cost without a secondary competing for CPU and disk), also ACKing at
+   most every 50 ms; with the secondary's Data.fs on tmpfs; and
+   *experiments* -- the Source of one primary patched in this process
+   (replication/ is not changed) the way the suggestions say:
+   the hub reads the last tid without FileStorage's _lock; the hub's
+   iterator continues at the known end of the last transaction it read
+   (no open(), no search, no lock; reads bounded by the committed end); and
+   the new bytes read with one pread().  Each secondary's Data.fs is
+   checked to be byte-identical to its primary's afterwards;
+2. counting: how often the replication functions run per commit;
+3. optionally (--strace) system calls per commit of each thread, and
+   (--profile-plain) py-spy of a plain FileStorage for comparison;
+4. py-spy sampling of this process (all threads): wall clock (``--idle``)
+   and GIL holder (``--gil``), as µs per commit for the functions of
+   replication/*.py and the top hotspots of the replication hub thread.
 
 Usage::
 
     PYTHONPATH=. python benchmarks/profile_primary.py [--commits 5000]
-        [--rate 2000] [--keep DIR]   # --keep: leave the raw py-spy files
+        [--rounds 3] [--strace] [--profile-plain] [--timing-only]
+        [--keep DIR]                    # --keep: leave the raw py-spy files
 
 py-spy must be on PATH or next to this Python (``pip install py-spy``); it
 attaches to this process, which needs ptrace permission (root, or
-kernel.yama.ptrace_scope=0).
+kernel.yama.ptrace_scope=0).  Timing figures on a small machine move by
++-50 µs between runs: compare rows of one run.
 """
 import argparse
 import collections

@@ -755,7 +755,7 @@ def print_lags(paced, burst, n_paced, n_burst):
             "commit() returned: counted as 0 ms)")
 
 
-def bench_lag_process(workdir, n_paced, n_burst, rng):
+def bench_lag_process(workdir, n_paced, n_burst, rng, apply_rate=None):
     heading("2a. Commit -> visible to a ZEO client of a secondary server "
             "process")
     out("    ZODB.DB on a PrimaryStorage here; secondary: runzeo process;")
@@ -786,6 +786,11 @@ def bench_lag_process(workdir, n_paced, n_burst, rng):
         progress(f"  back-to-back lag: {n_burst} commits ...")
         burst = burst_lag(work, primary, listener, n_burst)
         print_lags(paced, burst, n_paced, n_burst)
+        if apply_rate:
+            out(f"      (a secondary applies ~{apply_rate:.0f} txn/s, see "
+                "1c: back-to-back commits faster")
+            out("      than that queue up, and the lag grows with the "
+                "burst's length)")
         if listener.cache_invalidations:
             out(f"      (the client was told to drop its cache "
                 f"{listener.cache_invalidations} time(s))")
@@ -1057,6 +1062,11 @@ def summary(env, results):
                 f"{fmt_lag(p)}")
             out(f"  back to back ({b['n']:>5}, {b['rate']:4.0f}/s)  "
                 f"{fmt_lag(b)}")
+            if key == "lag_process" and c:
+                out("  (back to back: the lag grows with the burst when "
+                    "commits outrun the")
+                out(f"   secondary's ~{c['by_txn_txns'] / c['by_txn']:.0f} "
+                    "txn/s transaction-by-transaction apply rate)")
     for key, title in (("throughput", "Commit throughput, ZODB.DB "
                         "in-process, secondaries are processes"),
                        ("zeo", "Commit throughput through ZEO, servers are "
@@ -1134,8 +1144,10 @@ def main(argv=None):
         if "catchup" in parts:
             results["catchup"] = bench_catchup(workdir, size_mb, rng)
         if "lag" in parts:
+            c = results.get("catchup")
             results["lag_process"] = bench_lag_process(
-                workdir, n_paced, n_burst, rng)
+                workdir, n_paced, n_burst, rng,
+                apply_rate=c and c["by_txn_txns"] / c["by_txn"])
             results["lag_inprocess"] = bench_lag_inprocess(
                 workdir, n_paced, n_burst, rng)
         if "throughput" in parts:

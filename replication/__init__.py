@@ -4,4 +4,5 @@
 to ``SecondaryStorage`` replicas, which apply them atomically, pass the
 invalidations to their own clients and can feed further secondaries.
 """
-from .storage import PrimaryStorage, SecondaryStorage  # noqa: F401
+from .storage import (PrimaryStorage, ReplicatedStorage, Role,  # noqa: F401
+                      SecondaryStorage)

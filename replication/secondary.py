@@ -50,6 +50,10 @@ class Diverged(Exception):
     """The source refused us because our history differs from its own."""
 
 
+class StaleSource(ProtocolError):
+    """The source is in an older epoch than we have seen (fencing)."""
+
+
 def tid_time(tid):
     return TimeStamp(tid).timeTime() if tid != Z64 else 0.0
 
@@ -176,8 +180,8 @@ class Follower:
 
     def __init__(self, storage, source_address, committed, install=None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
-                 epoch=lambda: 0, reconnect_min=0.1, reconnect_max=5.0,
-                 hub=None):
+                 epoch=lambda: 0, seen_epoch=lambda epoch: None,
+                 reconnect_min=0.1, reconnect_max=5.0, hub=None):
         from .hub import get_hub
         self.storage = storage
         self.source_address = source_address
@@ -189,6 +193,7 @@ class Follower:
             is_blob_storage(storage) else None
         self.name = name
         self.epoch = epoch
+        self.seen_epoch = seen_epoch
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.hub = hub or get_hub()
@@ -322,6 +327,8 @@ class Follower:
             reason = protocol.REFUSE_NAMES.get(answer.code, answer.code)
             if answer.code == protocol.DIVERGENT:
                 raise Diverged(f"divergent history: {answer.message}")
+            if answer.code == protocol.STALE_EPOCH:
+                raise StaleSource(f"source refused: {answer.message}")
             raise ProtocolError(f"source refused: {reason}: "
                                 f"{answer.message}")
         if not isinstance(answer, Welcome):
@@ -329,6 +336,11 @@ class Follower:
                 f"expected WELCOME, got {type(answer).__name__}")
         if version != protocol.VERSION:
             raise ProtocolError(f"source speaks protocol version {version}")
+        if answer.epoch < self.epoch():
+            raise StaleSource(
+                f"the source is at epoch {answer.epoch}, older than epoch "
+                f"{self.epoch()} this secondary has seen: not following it")
+        self.seen_epoch(answer.epoch)
         self.source_epoch = answer.epoch
         self.source_last_tid = answer.last_tid
         self.state = State.FOLLOWING
@@ -399,6 +411,10 @@ class Follower:
                 elif isinstance(message, Heartbeat):
                     if pending is not None or snapshot is not None:
                         raise ProtocolError("HEARTBEAT inside a transaction")
+                    if message.epoch < self.epoch():
+                        raise StaleSource(
+                            f"the source went back to epoch {message.epoch}")
+                    self.seen_epoch(message.epoch)
                     self.source_last_tid = message.last_tid
                     self.source_epoch = message.epoch
                 elif isinstance(message, Snapshot):

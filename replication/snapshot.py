@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 
 from ZODB.blob import BLOB_SUFFIX
 from ZODB.FileStorage import FileStorage
@@ -209,6 +210,25 @@ def install(storage, path, blobs, reopen):
     os.replace(path, target)
     _fsync_dir(os.path.dirname(os.path.abspath(target)))
     return reopen()
+
+
+def empty_stand_in(storage):
+    """An empty FileStorage (with blobs if ``storage`` has them) in a
+    temporary directory, to answer for ``storage`` while it is replaced:
+    a client or ZEO server asking meanwhile finds an empty database, as it
+    would have a moment earlier, rather than a closed file."""
+    directory = tempfile.mkdtemp(prefix="zkzeo-stand-in-")
+    blobs = {"blob_dir": os.path.join(directory, "blobs")} if getattr(
+        storage, "blob_dir", None) else {}
+    stand_in = FileStorage(os.path.join(directory, "empty.fs"), create=True,
+                           **blobs)
+    stand_in.stand_in_directory = directory
+    return stand_in
+
+
+def discard_stand_in(stand_in):
+    stand_in.close()
+    shutil.rmtree(stand_in.stand_in_directory, ignore_errors=True)
 
 
 def _fsync_dir(path):

@@ -4,7 +4,9 @@ Both wrap a storage that supports iteration and restore (a FileStorage, with
 or without blobs) and delegate the ZODB storage API to it explicitly.  They
 provide the interfaces that the wrapped storage provides.
 """
+import enum
 import logging
+import threading
 
 import zope.interface
 from ZODB.FileStorage import FileStorage
@@ -173,31 +175,159 @@ class SyncReplicationTimeout(Exception):
     """Too few secondaries acknowledged a commit in time (sync-block)."""
 
 
-class PrimaryStorage(StorageProxy):
-    """A writable storage whose commits are streamed to secondaries.
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
 
-    With ``sync_replicas=N``, ``tpc_finish`` returns only once N secondaries
-    have acknowledged the transaction as durable, or after ``sync_timeout``
-    seconds with a warning (or with ``SyncReplicationTimeout`` when
-    ``sync_block`` is set; the transaction is committed on the primary in
-    either case).
+
+class ReplicatedStorage(StorageProxy):
+    """A storage that is either a replication primary or a secondary, and
+    can switch between the two without being reopened.
+
+    *Primary*: writable (unless fenced); every commit is streamed to the
+    secondaries connected to ``replicate_to``.  With ``sync_replicas=N``,
+    ``tpc_finish`` returns only once N secondaries have acknowledged the
+    transaction as durable, or after ``sync_timeout`` seconds with a warning
+    (or ``SyncReplicationTimeout`` with ``sync_block``; the transaction is
+    committed on the primary in either case).
+
+    *Secondary*: read-only to clients; a follower applies the stream of
+    ``replicate_from`` (an address, or a callable giving the current one),
+    and its clients see each replicated transaction as an invalidation.
+    With ``replicate_to`` it also serves replication (a chain).
+
+    Role changes happen in ``become_primary`` and ``become_secondary``; both
+    close the storage's client connections (ZEO checks read-only-ness only
+    when a client registers).  ``fenced`` refuses writes while true.
     """
 
-    def __init__(self, base, replicate_to, keep_alive_delay=1.0,
-                 sync_replicas=0, sync_timeout=10.0, sync_block=False,
-                 replicate_blobs=True, name="primary", hub=None):
+    def __init__(self, base, replicate_to=None, replicate_from=None,
+                 keep_alive_delay=1.0, sync_replicas=0, sync_timeout=10.0,
+                 sync_block=False, replicate_blobs=True, name="",
+                 reconnect_max=5.0, reopen=None, epoch=0, hub=None):
         StorageProxy.__init__(self, base)
+        self.name = name or base.getName()
+        self.keep_alive_delay = keep_alive_delay
         self.sync_replicas = sync_replicas
         self.sync_timeout = sync_timeout
         self.sync_block = sync_block
-        self.source = Source(base, replicate_to, keep_alive_delay,
-                             send_blobs=replicate_blobs, name=name, hub=hub)
-        self.replication_address = self.source.start()
+        self.replicate_blobs = replicate_blobs
+        self.reconnect_max = reconnect_max
+        self.hub = hub
+        self.epoch = epoch
+        self.fenced = False
+        self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
+        self._lock = threading.RLock()
+        if reopen is None and snapshot.can_snapshot(base):
+            reopen = _filestorage_reopener(base)
+        self._reopen = reopen
+        self.source = None
+        self.replication_address = None
+        self.follower = None
+        if replicate_to:
+            self.source = Source(base, replicate_to, keep_alive_delay,
+                                 send_blobs=replicate_blobs, name=self.name,
+                                 epoch=lambda: self.epoch, hub=hub)
+            self.replication_address = self.source.start()
+        if replicate_from is None:
+            if self.source is None:
+                raise ValueError("a primary needs replicate_to")
+            self.role = Role.PRIMARY
+        else:
+            self.role = Role.SECONDARY
+            self._follow(replicate_from)
+
+    # --- roles ----------------------------------------------------------
+
+    def _follow(self, source):
+        self.follower = Follower(
+            self.base, source, self._committed,
+            install=self._install_snapshot if self._reopen else None,
+            keep_alive_delay=self.keep_alive_delay,
+            want_blobs=self.replicate_blobs, name=self.name,
+            epoch=lambda: self.epoch, seen_epoch=self._seen_epoch,
+            reconnect_max=self.reconnect_max, hub=self.hub)
+        self.follower.start()
+
+    def become_primary(self, epoch):
+        """Stop following, accept writes (in ``epoch``)."""
+        with self._lock:
+            if self.source is None:
+                raise ValueError(f"{self.name} cannot become primary: it "
+                                 "has no replicate-to address")
+            if self.follower is not None:
+                self.follower.stop()
+                self.follower = None
+            self.epoch = max(self.epoch, epoch)
+            self.role = Role.PRIMARY
+            self.fenced = False
+            logger.info("%s is primary (epoch %s) at tid %s", self.name,
+                        self.epoch, self.lastTransaction().hex())
+            self._drop_clients()
+
+    def become_secondary(self, source, epoch):
+        """Refuse writes and follow ``source`` (in ``epoch``)."""
+        with self._lock:
+            self.role = Role.SECONDARY
+            self.epoch = max(self.epoch, epoch)
+            if self.follower is not None:
+                self.follower.stop()
+            self._follow(source)
+            logger.info("%s is a secondary (epoch %s) at tid %s", self.name,
+                        self.epoch, self.lastTransaction().hex())
+            self._drop_clients()
+
+    def _drop_clients(self):
+        # ZEO's StorageServerDB.invalidateCache closes every connection of
+        # this storage, so clients register again and learn the new role.
+        if self._db is not None:
+            self._db.invalidateCache()
+
+    @property
+    def writable(self):
+        return self.role is Role.PRIMARY and not self.fenced
+
+    def isReadOnly(self):
+        return not self.writable
+
+    def _check_writable(self):
+        if not self.writable:
+            raise ReadOnlyError()
+
+    # --- writes (primary) -------------------------------------------------
+
+    def new_oid(self):
+        self._check_writable()
+        return self.base.new_oid()
+
+    def tpc_begin(self, transaction, tid=None, status=" "):
+        self._check_writable()
+        return self.base.tpc_begin(transaction, tid, status)
+
+    def store(self, oid, serial, data, version, transaction):
+        self._check_writable()
+        return self.base.store(oid, serial, data, version, transaction)
+
+    def storeBlob(self, oid, oldserial, data, blobfilename, version,
+                  transaction):
+        self._check_writable()
+        return self.base.storeBlob(oid, oldserial, data, blobfilename,
+                                   version, transaction)
+
+    def deleteObject(self, oid, serial, transaction):
+        self._check_writable()
+        return self.base.deleteObject(oid, serial, transaction)
+
+    def tpc_vote(self, transaction):
+        # Checked again: fencing may have begun since tpc_begin.
+        self._check_writable()
+        return self.base.tpc_vote(transaction)
 
     def tpc_finish(self, transaction, func=lambda tid: None):
         tid = self.base.tpc_finish(transaction, func)
-        self.source.notify_commit()
+        if self.source is not None:
+            self.source.notify_commit()
         if self.sync_replicas:
             self._wait_for_replicas(tid)
         return tid
@@ -228,47 +358,30 @@ class PrimaryStorage(StorageProxy):
                        "commits are NOT on any secondary yet", message)
         self._degraded_at = tid
 
-    def replication_status(self):
-        return {"role": "primary", "address": self.replication_address,
-                "secondaries": self.source.status(),
-                "last_tid": self.lastTransaction().hex()}
+    # Replication's own writes go to the base storage directly; through
+    # this storage these are never allowed on a secondary.
+    def restore(self, *args, **kw):
+        self._check_writable()
+        return self.base.restore(*args, **kw)
 
-    def close(self):
-        self.source.close()
-        self.base.close()
+    def restoreBlob(self, *args, **kw):
+        self._check_writable()
+        return self.base.restoreBlob(*args, **kw)
 
+    def undo(self, transaction_id, transaction):
+        self._check_writable()
+        return self.base.undo(transaction_id, transaction)
 
-class SecondaryStorage(StorageProxy):
-    """A read-only storage kept up to date from a replication source.
+    def copyTransactionsFrom(self, other):
+        self._check_writable()
+        return self.base.copyTransactionsFrom(other)
 
-    Its ZEO clients (or its in-process DB) see each replicated transaction
-    as an ordinary invalidation.  With ``replicate_to`` it also serves
-    replication to further secondaries (a chain).
-    """
+    # --- secondary ----------------------------------------------------------
 
-    def __init__(self, base, replicate_from, replicate_to=None,
-                 keep_alive_delay=1.0, replicate_blobs=True,
-                 name="secondary", reconnect_max=5.0, reopen=None,
-                 hub=None):
-        StorageProxy.__init__(self, base)
-        self._db = None
-        if reopen is None and snapshot.can_snapshot(base):
-            reopen = _filestorage_reopener(base)
-        self._reopen = reopen
-        self.source = None
-        self.replication_address = None
-        if replicate_to:
-            self.source = Source(base, replicate_to, keep_alive_delay,
-                                 send_blobs=replicate_blobs, name=name,
-                                 hub=hub)
-            self.replication_address = self.source.start()
-        self.follower = Follower(base, replicate_from, self._committed,
-                                 install=self._install_snapshot if reopen
-                                 else None,
-                                 keep_alive_delay=keep_alive_delay,
-                                 want_blobs=replicate_blobs, name=name,
-                                 reconnect_max=reconnect_max, hub=hub)
-        self.follower.start()
+    def _seen_epoch(self, epoch):
+        # The source's epoch; a secondary never goes back to an older one.
+        if epoch > self.epoch:
+            self.epoch = epoch
 
     def _committed(self, tid, oids):
         # On the replication hub, after a replicated commit.
@@ -282,8 +395,21 @@ class SecondaryStorage(StorageProxy):
         # On the replication hub: the empty storage makes way for a byte
         # copy of the source's.  Clients (there is nothing they could have
         # read) are told to drop their caches and reconnect.
-        new = snapshot.install(self.base, path, blobs, self._reopen)
-        self.base = new
+        old = new = self.base
+        stand_in = snapshot.empty_stand_in(old)
+        self.base = stand_in
+        try:
+            new = snapshot.install(old, path, blobs, self._reopen)
+        except BaseException:
+            try:
+                # install got as far as closing the old (empty) storage
+                new = self._reopen()
+            except Exception:
+                new = old           # still open: it holds its lock file
+            raise
+        finally:
+            self.base = new
+            snapshot.discard_stand_in(stand_in)
         if self._db is not None:
             new.registerDB(self._db)
             self._db.invalidateCache()
@@ -296,29 +422,38 @@ class SecondaryStorage(StorageProxy):
         self._db = db
         self.base.registerDB(db)
 
-    def isReadOnly(self):
-        return True
-
-    def _read_only(self, *args, **kw):
-        raise ReadOnlyError()
-
-    new_oid = tpc_begin = store = restore = storeBlob = restoreBlob = \
-        checkCurrentSerialInTransaction = deleteObject = undo = \
-        copyTransactionsFrom = _read_only
+    # --- status and closing -------------------------------------------------
 
     def replication_status(self):
-        status = {"role": "secondary"}
-        status.update(self.follower.status())
+        status = {"role": self.role.value, "epoch": self.epoch,
+                  "fenced": self.fenced,
+                  "last_tid": self.lastTransaction().hex()}
+        if self.follower is not None:
+            status.update(self.follower.status())
         if self.source is not None:
             status["address"] = self.replication_address
             status["secondaries"] = self.source.status()
         return status
 
     def close(self):
-        self.follower.stop()
+        if self.follower is not None:
+            self.follower.stop()
         if self.source is not None:
             self.source.close()
         self.base.close()
+
+
+def PrimaryStorage(base, replicate_to, **options):
+    """A ReplicatedStorage that starts as primary, serving ``replicate_to``.
+    """
+    return ReplicatedStorage(base, replicate_to=replicate_to, **options)
+
+
+def SecondaryStorage(base, replicate_from, replicate_to=None, **options):
+    """A ReplicatedStorage that starts as secondary of ``replicate_from``.
+    """
+    return ReplicatedStorage(base, replicate_to=replicate_to,
+                             replicate_from=replicate_from, **options)
 
 
 def _filestorage_reopener(fs):

@@ -73,3 +73,17 @@ class Process:
 
 
 PYTHON = sys.executable
+
+
+def replica_db(storage, at_least=b"\0" * 8):
+    """A ZODB.DB over a read-only client storage, once the storage has a
+    transaction after ``at_least`` (ZODB.DB writes the root object when the
+    storage is empty, which a read-only storage refuses)."""
+    import ZODB
+    try:
+        wait_for(lambda: storage.lastTransaction() > at_least,
+                 "the replica to have the data")
+        return ZODB.DB(storage)
+    except BaseException:
+        storage.close()
+        raise

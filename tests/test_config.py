@@ -8,7 +8,7 @@ import pytest
 import ZConfig
 import ZODB.config
 
-from replication import PrimaryStorage, SecondaryStorage
+from replication import Role
 
 
 def storage(tmp_path, body, section="replication"):
@@ -27,13 +27,13 @@ def test_primary_and_secondary_sections(tmp_path):
     primary = storage(tmp_path, "replicate-to 127.0.0.1:0\n"
                       "sync-replicas 1\nsync-timeout 0.5")
     try:
-        assert isinstance(primary, PrimaryStorage)
+        assert primary.role is Role.PRIMARY
         assert primary.sync_replicas == 1 and primary.sync_timeout == 0.5
         (tmp_path / "s").mkdir()
         host, port = primary.replication_address
         secondary = storage(tmp_path / "s", f"replicate-from {host}:{port}\n"
                             "keep-alive-delay 0.25", section="zrs")
-        assert isinstance(secondary, SecondaryStorage)
+        assert secondary.role is Role.SECONDARY
         assert secondary.follower.keep_alive_delay == 0.25
         secondary.close()
     finally:

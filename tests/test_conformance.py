@@ -16,18 +16,18 @@ from ZODB.tests import (BasicStorage, ConflictResolution, HistoryStorage,
                         RevisionStorage, StorageTestBase, Synchronization,
                         TransactionalUndoStorage)
 
-from replication import PrimaryStorage, SecondaryStorage
+from replication import PrimaryStorage, ReplicatedStorage, SecondaryStorage
 from replication.secondary import State
 
 
-class TrackingPrimary(PrimaryStorage):
+class TrackingPrimary(ReplicatedStorage):
     """Remembers whether it was packed: a packed primary's history is no
     longer the secondary's (packs are not replicated)."""
     packed = False
 
     def pack(self, *args, **kw):
         TrackingPrimary.packed = True
-        return PrimaryStorage.pack(self, *args, **kw)
+        return ReplicatedStorage.pack(self, *args, **kw)
 
 
 class ReplicatedBase(StorageTestBase.StorageTestBase):
@@ -39,8 +39,8 @@ class ReplicatedBase(StorageTestBase.StorageTestBase):
         kw = {"blob_dir": "primary-blobs"} if self.blobs else {}
         kw.update(kwargs)
         self._storage = TrackingPrimary(
-            ZODB.FileStorage.FileStorage("Primary.fs", **kw), self.sock,
-            keep_alive_delay=0.5)
+            ZODB.FileStorage.FileStorage("Primary.fs", **kw),
+            replicate_to=self.sock, keep_alive_delay=0.5)
 
     def setUp(self):
         StorageTestBase.StorageTestBase.setUp(self)

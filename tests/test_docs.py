@@ -62,7 +62,7 @@ def test_python_examples_run(code, tmp_path, documented_cluster):
 def test_server_configurations_replicate(tmp_path):
     """The docs' primary and secondary configurations, run as servers."""
     import ast
-    from tests.support import Process, wait_for
+    from tests.support import Process, replica_db, wait_for
     from zkzeo.zkserver import free_port
     import transaction
     ports = {str(p): str(free_port()) for p in (8100, 8101, 8200, 8201)}
@@ -89,7 +89,8 @@ def test_server_configurations_replicate(tmp_path):
         db = ZEO.DB(addresses[0], wait_timeout=60)
         with db.transaction() as conn:
             conn.root.doc = "tested"
-        replica = ZEO.DB(addresses[1], read_only=True, wait_timeout=60)
+        replica = replica_db(ZEO.client(addresses[1], read_only=True,
+                                        wait_timeout=60))
         conn = replica.open()
 
         def visible():

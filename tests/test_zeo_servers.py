@@ -9,7 +9,7 @@ import ZODB.blob
 from ZODB.FileStorage import FileStorage
 
 from tests.replication_support import assert_same_history, blob
-from tests.support import wait_for
+from tests.support import replica_db, wait_for
 from tests.zeo_servers import ZEOServer, replication_address
 
 
@@ -27,9 +27,10 @@ def servers(tmp_path):
 
 
 def read_only_db(server):
-    return ZEO.DB(server.address, read_only=True, wait_timeout=60,
-                  blob_dir=os.path.join(server.directory, "client-blobs"),
-                  shared_blob_dir=False)
+    return replica_db(ZEO.client(
+        server.address, read_only=True, wait_timeout=60,
+        blob_dir=os.path.join(server.directory, "client-blobs"),
+        shared_blob_dir=False))
 
 
 def wait_for_value(conn, key, value, where):

@@ -11,7 +11,7 @@ from ZODB.FileStorage import FileStorage
 
 import zkzeo
 from tests.replication_support import assert_same_history
-from tests.support import wait_for
+from tests.support import replica_db, wait_for
 from tests.zk_servers import Tree, ZKServer
 from zkzeo.layout import LayoutError
 from zkzeo.zk import ZooKeeperUnreachable
@@ -68,8 +68,9 @@ def test_cluster_registers_discovers_and_follows(cluster, tree, zk_url,
     with db.transaction() as conn:
         conn.root.x = 1
     # ...and a read-only one reads through a secondary.
-    reader = zkzeo.DB(zk_url, read_only=True, wait_timeout=60,
-                      blob_dir=str(tmp_path / "ro-blobs"))
+    reader = replica_db(zkzeo.client(zk_url, read_only=True,
+                                     wait_timeout=60,
+                                     blob_dir=str(tmp_path / "ro-blobs")))
     rconn = reader.open()
     assert "%s:%s" % connected_address(reader.storage) in (
         servers["s2"]["address"], servers["s3"]["address"])
