@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "zkzeo-runzeo = replication.runzeo:main",
             "zkrunzeo = zkzeo.server:main",
+            "zkzeo = zkzeo.cli:main",
         ],
         "zodburi.resolvers": [
             "zk = zkzeo.uri:resolve_zk",

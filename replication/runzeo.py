@@ -2,12 +2,23 @@
 
 It is ZEO's own runzeo (same options, same configuration file, where
 ``%import replication`` makes the ``<replication>`` section available),
-extended through ``ZEOServer``'s hooks: it logs the address the ZEO server
-really listens on, so that ``address :0`` (an OS-assigned port) is usable.
+extended through ``ZEOServer``'s hooks:
+
+* it logs the address the ZEO server really listens on, so that
+  ``address :0`` (an OS-assigned port) is usable;
+* its StorageServer answers a client's quick cache verification only for a
+  tid that is in this server's history.  After a failover that lost
+  transactions, a client whose cache holds data of a lost transaction T
+  would otherwise get the invalidations of the new history after T and keep
+  T's stale objects for ever; told "unknown", it drops its cache instead.
 """
 import logging
+import os
 
 import ZEO.runzeo
+import ZEO.StorageServer
+
+from .records import transaction_digest
 
 logger = logging.getLogger(__name__)
 
@@ -17,10 +28,39 @@ def bound_address(server):
     return server.acceptor.addr
 
 
+class StorageServer(ZEO.StorageServer.StorageServer):
+
+    def get_invalidations(self, storage_id, tid):
+        storage = self.storages[storage_id]
+        if tid > storage.lastTransaction() or \
+                transaction_digest(storage, tid) is None:
+            logger.warning(
+                "a client's cache is at transaction %s, which is not in the "
+                "history of storage %r (lost in a failover?): the client "
+                "will drop its cache", tid.hex(), storage_id)
+            return None, []
+        return super().get_invalidations(storage_id, tid)
+
+
+def create_server(storages, options):
+    """ZEO.runzeo.create_server's server, of our StorageServer class."""
+    msgpack = options.msgpack if isinstance(options.msgpack, bool) \
+        else os.environ.get("ZEO_MSGPACK")
+    return StorageServer(
+        options.address, storages,
+        read_only=options.read_only,
+        client_conflict_resolution=options.client_conflict_resolution,
+        msgpack=msgpack,
+        invalidation_queue_size=options.invalidation_queue_size,
+        invalidation_age=options.invalidation_age,
+        transaction_timeout=options.transaction_timeout,
+        ssl=options.ssl)
+
+
 class ZEOServer(ZEO.runzeo.ZEOServer):
 
     def create_server(self):
-        super().create_server()
+        self.server = create_server(self.storages, self.options)
         logger.info("ZEO server listening on %s", bound_address(self.server))
 
 

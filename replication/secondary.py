@@ -202,6 +202,7 @@ class Follower:
         self.source_last_tid = Z64
         self.source_epoch = 0
         self.connected_since = None
+        self.peer = None           # the source address in use
         self._greenlet = None
         self._sock = None
 
@@ -212,6 +213,14 @@ class Follower:
 
     def start(self):
         self._greenlet = self.hub.call(gevent.spawn, self._run)
+
+    def retarget(self):
+        """Drop the current connection and ask the source address again."""
+        def restart():
+            if self._greenlet is not None:
+                self._greenlet.kill()
+            self._greenlet = gevent.spawn(self._run)
+        self.hub.call(restart)
 
     def stop(self):
         def kill():
@@ -249,6 +258,7 @@ class Follower:
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
+            self.peer = address
             address = parse_address(address)
             peer = format_address(address)
             log = _adapter(self.name, peer)

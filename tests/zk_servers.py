@@ -18,12 +18,14 @@ CONFIG = """\
   name {name}
   session-timeout {session_timeout}
   bootstrap {bootstrap}
+{zk_extra}
 </zookeeper>
 <replication 1>
   replicate-from zk:
   replicate-to 127.0.0.1:0
   keep-alive-delay 0.5
   reconnect-max-delay 0.3
+{replication_extra}
   <filestorage>
     path {directory}/Data.fs
     blob-dir {directory}/blobs
@@ -43,7 +45,8 @@ class ZKServer:
     """A zkrunzeo process; start() again after stop() or kill()."""
 
     def __init__(self, directory, name, connection, path,
-                 session_timeout=2.0, bootstrap=True):
+                 session_timeout=2.0, bootstrap=True, zk_extra="",
+                 replication_extra=""):
         self.name = name
         self.directory = os.path.join(str(directory), name)
         os.makedirs(self.directory, exist_ok=True)
@@ -53,6 +56,8 @@ class ZKServer:
         self.zk_path = path
         self.session_timeout = session_timeout
         self.bootstrap = bootstrap
+        self.zk_extra = zk_extra
+        self.replication_extra = replication_extra
         self.process = None
         self.starts = 0
 
@@ -63,6 +68,8 @@ class ZKServer:
                 connection=self.connection, path=self.zk_path,
                 name=self.name, session_timeout=self.session_timeout,
                 bootstrap=str(self.bootstrap).lower(),
+                zk_extra=self.zk_extra,
+                replication_extra=self.replication_extra,
                 directory=self.directory))
         return conf
 

@@ -33,6 +33,7 @@ class ZooKeeperConfig:
         self.session_timeout = section.session_timeout
         self.bootstrap = section.bootstrap
         self.advertise_host = section.advertise_host
+        self.auto_failover = section.auto_failover
         self.auth = section.auth
         self.acl = section.acl
         if self.acl and not self.auth:

@@ -4,6 +4,8 @@
 
     /databases/main              persistent; data: the cluster state
                                    {"primary": "<server name>", "epoch": 7}
+                                 (plus "handover": "<name>" during a
+                                  switchover)
     /databases/main/HOST:PORT    ephemeral, one per running ZEO server; data:
                                    {"name": ..., "role": "primary"|"secondary",
                                     "epoch": ..., "pid": ...,
@@ -92,9 +94,11 @@ def format_address(address):
 
 @dataclass(frozen=True)
 class ClusterState:
-    """The data of the database's node: who is primary, in which epoch."""
+    """The data of the database's node: who is primary, in which epoch,
+    and, during a switchover, to whom the primary is handing over."""
     primary: str = None
     epoch: int = 0
+    handover: str = None
 
     @classmethod
     def from_bytes(cls, data, path=""):
@@ -103,6 +107,7 @@ class ClusterState:
         try:
             value = json.loads(data.decode("utf-8"))
             primary, epoch = value.get("primary"), int(value.get("epoch", 0))
+            handover = value.get("handover")
         except (ValueError, AttributeError, TypeError):
             raise LayoutError(
                 f"the data of {path or 'the cluster node'} is not zkzeo's "
@@ -111,11 +116,13 @@ class ClusterState:
         if primary is not None and not isinstance(primary, str):
             raise LayoutError(f"cluster state of {path}: primary must be a "
                               f"server name, not {primary!r}")
-        return cls(primary, epoch)
+        return cls(primary, epoch, handover)
 
     def to_bytes(self):
-        return json.dumps({"primary": self.primary, "epoch": self.epoch},
-                          sort_keys=True).encode()
+        value = {"primary": self.primary, "epoch": self.epoch}
+        if self.handover:
+            value["handover"] = self.handover
+        return json.dumps(value, sort_keys=True).encode()
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,15 @@ class Registration:
             self._delete(self.node)
             self.client.retry(self._register)
 
+    def publish(self, info):
+        """New data in the same node (no children event): for facts that
+        only readers of this node need, like a frozen last tid."""
+        with self._lock:
+            self.info = info
+            if not self._closed:
+                self.client.retry(self.client.set, self.node,
+                                  info.to_bytes())
+
     def _delete(self, node):
         try:
             self.client.retry(self.client.delete, node)

@@ -28,7 +28,10 @@ import replication.runzeo
 import ZEO.runzeo
 from replication.config import ReplicationConfig
 
+from replication.storage import ReplicatedStorage
+
 from . import ha, zk
+from .controller import Controller
 from .discovery import ClusterView
 from .layout import PRIMARY, SECONDARY, ServerInfo, format_address
 from .registry import Registration
@@ -49,6 +52,7 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
     zk = None
     view = None
     registration = None
+    controller = None
     role = None
 
     def open_storages(self):
@@ -89,8 +93,12 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
     def _open(self, opener):
         if isinstance(opener, ReplicationConfig) and opener.follows_cluster:
             if self.role == PRIMARY:
-                return opener.open_primary()
-            return opener.open_secondary(self.primary_replication_address)
+                storage = opener.open_primary()
+            else:
+                storage = opener.open_secondary(
+                    self.primary_replication_address)
+            storage.epoch = self.epoch
+            return storage
         if self.role == SECONDARY:
             raise SystemExit(
                 f"{self.server_name} must run as a secondary, but storage "
@@ -119,6 +127,13 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
             replication=self._replication_address())
         self.registration = Registration(self.zk, config.path, info)
         self.registration.register()
+        replicated = [s for s in self.storages.values()
+                      if isinstance(s, ReplicatedStorage)]
+        if replicated:
+            self.controller = Controller(
+                self.zk, self.view, self.registration, replicated[0], config,
+                self.primary_replication_address)
+            self.controller.start()
 
     def _advertised_host(self, host):
         if host in ("", "0.0.0.0", "::"):
@@ -134,6 +149,8 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
         return None
 
     def close_server(self):
+        if self.controller is not None:
+            self.controller.stop()
         if self.registration is not None:
             self.registration.close()
         if self.view is not None:
@@ -142,8 +159,7 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
             super().close_server()
         finally:
             if self.zk is not None:
-                self.zk.stop()
-                self.zk.close()
+                zk.stop(self.zk)
 
 
 def main(args=None):

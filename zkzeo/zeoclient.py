@@ -8,6 +8,7 @@ restart.
 """
 import logging
 
+import ZEO.asyncio.client
 from ZEO.ClientStorage import ClientStorage
 
 from . import zk
@@ -17,6 +18,43 @@ from .layout import parse_url
 logger = logging.getLogger(__name__)
 
 ZK_CONNECT_TIMEOUT = 10.0
+
+
+class _FailoverClientIO(ZEO.asyncio.client.ClientIO):
+    """ZEO's client connection manager, which does not stay stuck when the
+    server is behind its cache.
+
+    Stock ZEO refuses a server whose last transaction is older than the
+    client's cache ("server behind client") and retries only after about
+    ten seconds.  After an asynchronous failover every surviving server may
+    be behind the cache for good (the newest transactions were lost), so
+    this client drops its cache, says so, and connects.
+    """
+
+    async def verify(self, server_tid):
+        cache = self.cache
+        if server_tid is None:
+            server_tid = await self.protocol.server_call("lastTransaction")
+        cache_tid = cache.getLastTid() if cache else None
+        if cache_tid and cache_tid > server_tid:
+            self.verify_result = "Server behind client: cache dropped"
+            logger.warning(
+                "%s: server %s is behind this client's cache (its last "
+                "transaction %s is older than %s), as after a failover that "
+                "lost transactions: dropping the cache",
+                getattr(self.client, "__name__", ""), self.protocol.addr,
+                server_tid.hex(), cache_tid.hex())
+            cache.clear()
+            self.client.invalidateCache()
+        return await super().verify(server_tid)
+
+
+class _FailoverClientThread(ZEO.asyncio.client.ClientThread):
+
+    def setup_delegation(self, loop):
+        super().setup_delegation(loop)
+        # ClientRunner builds a plain ClientIO; ours only adds to verify().
+        self.client.__class__ = _FailoverClientIO
 
 
 class ZooKeeperClientStorage(ClientStorage):
@@ -35,6 +73,7 @@ class ZooKeeperClientStorage(ClientStorage):
         fallback = kw.get("read_only_fallback") or (len(args) > 6 and
                                                     args[6])
         self._mode = READ if read_only else FALLBACK if fallback else WRITE
+        self._failing_over = False
         self._zk = zk.start(
             zk.make_client(hosts, session_timeout=zookeeper_session_timeout),
             zookeeper_timeout)
@@ -42,7 +81,7 @@ class ZooKeeperClientStorage(ClientStorage):
             self._view = ClusterView(self._zk, self.zookeeper_path)
             self._view.wait_ready(zookeeper_timeout)
             snapshot = self._view.snapshot
-            addresses = snapshot.addresses(self._mode)
+            addresses = self._wanted(snapshot)
             if not snapshot.exists:
                 logger.warning("%s: the path %s does not exist in ZooKeeper"
                                " (yet); waiting for servers to register",
@@ -50,6 +89,7 @@ class ZooKeeperClientStorage(ClientStorage):
             elif not addresses:
                 logger.warning("%s: no ZEO server is registered (yet); "
                                "waiting for one", url)
+            kw.setdefault("_client_factory", _FailoverClientThread)
             ClientStorage.__init__(self, addresses, *args, wait=False, **kw)
             self._view.on_change = self._servers_changed
             self._servers_changed(self._view.snapshot)
@@ -62,20 +102,47 @@ class ZooKeeperClientStorage(ClientStorage):
                 server.close()
             raise
 
+    def _wanted(self, snapshot):
+        if self._mode == FALLBACK and not self._failing_over and \
+                snapshot.primary is not None:
+            # ZEO would keep whichever server answers first, maybe a
+            # secondary: while the primary is there, only the primary.
+            return snapshot.addresses(WRITE)
+        return snapshot.addresses(self._mode)
+
     def _servers_changed(self, snapshot):
-        addresses = snapshot.addresses(self._mode)
+        addresses = self._wanted(snapshot)
         if addresses != getattr(self, "_zk_addresses", None):
             self._zk_addresses = addresses
             logger.info("%s: ZEO servers %s", self.zookeeper_url,
                         ", ".join("%s:%s" % a for a in addresses) or "none")
             self.new_addr(addresses)
 
+    def notify_disconnected(self):
+        # On ZEO's IO thread.  A fallback client that loses its server
+        # tries every registered server at once, without waiting for
+        # ZooKeeper to notice (a dead primary's node lives until its
+        # session expires).
+        ClientStorage.notify_disconnected(self)
+        if self._mode == FALLBACK and not self._failing_over:
+            self._failing_over = True
+            addresses = self._view.snapshot.addresses(FALLBACK)
+            self._zk_addresses = addresses
+            self._addr = addresses
+            # ZEO reconnects with these right after this call returns; its
+            # new_addrs() would wait for this very thread.
+            self._server.client.addrs = addresses
+
+    def notify_connected(self, conn, info):
+        ClientStorage.notify_connected(self, conn, info)
+        if self._failing_over and not conn.is_read_only():
+            self._failing_over = False
+
     def _close_zookeeper(self):
         view = getattr(self, "_view", None)
         if view is not None:
             view.stop()
-        self._zk.stop()
-        self._zk.close()
+        zk.stop(self._zk)
 
     def close(self):
         try:

@@ -6,6 +6,7 @@ Here we only give it our settings and turn "cannot connect" into a clear
 error or a patient wait with one log line per attempt.
 """
 import logging
+import threading
 
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
@@ -80,6 +81,26 @@ def start_patiently(client, attempt_timeout=5.0, stopping=lambda: False):
                     f"gave up reaching ZooKeeper at {_hosts(client)}")
             logger.warning("ZooKeeper at %s is unreachable (attempt %d); "
                            "still trying", _hosts(client), attempt)
+
+
+def stop(client, timeout=5.0):
+    """Stop and close ``client`` without ever hanging the caller.
+
+    kazoo's stop() joins its callback thread; a watch callback that fired
+    as the connection closed can be blocked for ever in a synchronous call
+    whose answer will never come.  So stop in a daemon thread, and give up
+    waiting after ``timeout`` seconds (the thread ends with the process).
+    """
+    def run():
+        client.stop()
+        client.close()
+    thread = threading.Thread(target=run, name="kazoo-stop", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        logger.warning("the ZooKeeper client to %s did not stop within %gs "
+                       "(a kazoo callback is blocked); leaving it behind",
+                       _hosts(client), timeout)
 
 
 def _hosts(client):

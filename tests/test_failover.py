@@ -1,0 +1,226 @@
+"""Failover with real zkrunzeo processes, SIGKILL and the zkzeo command."""
+import threading
+
+import pytest
+import transaction
+from ZEO.Exceptions import ClientDisconnected
+from ZODB.FileStorage import FileStorage
+from ZODB.POSException import ReadOnlyError
+
+import zkzeo
+from tests.support import replica_db, wait_for
+from tests.zk_servers import Tree, ZKServer
+from zkzeo import cli
+
+
+@pytest.fixture
+def tree(zookeeper, zk_path):
+    t = Tree(zookeeper.address, zk_path)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, zookeeper, zk_path):
+    started = []
+
+    def server(name, start=True, **kw):
+        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
+        started.append(s)
+        return s.start() if start else s
+    yield server
+    for s in reversed(started):
+        s.stop()
+
+
+def zkzeo_command(*args, capsys=None):
+    status = cli.main(list(args))
+    out = capsys.readouterr() if capsys else None
+    return status, out
+
+
+def value(conn, key):
+    transaction.begin()
+    return getattr(conn.root, key, None)
+
+
+def commit(db, **values):
+    with db.transaction() as conn:
+        for k, v in values.items():
+            setattr(conn.root, k, v)
+
+
+def last_tid(server):
+    fs = FileStorage(server.path, read_only=True)
+    try:
+        return fs.lastTransaction()
+    finally:
+        fs.close()
+
+
+def test_reads_survive_promote_restores_writes_old_primary_rejoins(
+        cluster, tree, zk_url, capsys):
+    s1, s2, s3 = cluster("s1"), cluster("s2"), cluster("s3")
+    db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    storage = db.storage
+    commit(db, x=1)
+    readers = {}
+    for name in ("s2", "s3"):
+        readers[name] = replica_db(zkzeo.client(zk_url, read_only=True,
+                                                wait_timeout=60))
+    for r in readers.values():
+        wait_for(lambda: value(r.open(), "x") == 1, "x=1 on the secondaries")
+
+    status, out = zkzeo_command("status", zk_url, capsys=capsys)
+    assert status == 0
+    assert "primary s1, epoch 1" in out.out
+    assert out.out.count("secondary") == 2
+
+    status, out = zkzeo_command("promote", zk_url, capsys=capsys)
+    assert status == 1
+    assert "primary s1 is still registered" in out.err
+
+    s1.kill()
+    # Reads survive: the fallback client is connected again, read-only.
+    wait_for(lambda: storage.is_connected() and storage.isReadOnly(),
+             "the fallback client to reconnect read-only to a secondary")
+    conn = db.open()
+    assert value(conn, "x") == 1
+    with pytest.raises(ReadOnlyError):
+        conn.root.x = 99
+        transaction.commit()
+    transaction.abort()
+    conn.close()
+
+    wait_for(lambda: "s1" not in tree.by_name(),
+             "the dead primary's node to expire")
+    status, out = zkzeo_command("promote", zk_url, capsys=capsys)
+    assert status == 0, out.err
+    assert "is primary and accepts writes" in out.out
+    new_primary = tree.state()["primary"]
+    assert new_primary in ("s2", "s3") and tree.state()["epoch"] == 2
+    # Writes resume without restarting the client.
+    wait_for(lambda: storage.is_connected() and not storage.isReadOnly(),
+             "the fallback client to get a read-write connection")
+    commit(db, x=2)
+    for r in readers.values():
+        wait_for(lambda: value(r.open(), "x") == 2,
+                 "x=2 (written to the new primary) on every server")
+    # The old primary comes back as a secondary of the new one.
+    s1.start()
+    assert tree.by_name()["s1"]["role"] == "secondary"
+    commit(db, x=3)
+    servers = {"s1": s1, "s2": s2, "s3": s3}
+    wait_for(lambda: last_tid(s1) == last_tid(servers[new_primary]),
+             "the old primary to catch up as a secondary")
+    for r in readers.values():
+        r.close()
+    db.close()
+
+
+def test_switchover_under_write_load_loses_nothing(cluster, tree, zk_url,
+                                                   capsys):
+    s1, s2 = cluster("s1"), cluster("s2")
+    db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    committed = []
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                commit(db, **{f"k{i}": i})
+                committed.append(i)
+            except Exception:
+                transaction.abort()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_for(lambda: len(committed) > 20, "some commits before")
+        status, out = zkzeo_command("switchover", zk_url, "--to", "s2",
+                                    capsys=capsys)
+        assert status == 0, out.err
+        assert "writes paused" in out.out
+        before = len(committed)
+        wait_for(lambda: len(committed) > before + 20,
+                 "commits to go on after the switchover")
+    finally:
+        stop.set()
+        thread.join()
+    assert tree.state() == {"primary": "s2", "epoch": 2}
+    assert tree.by_name()["s1"]["role"] == "secondary"
+    conn = db.open()
+    transaction.begin()
+    missing = [i for i in committed if getattr(conn.root, f"k{i}", None) != i]
+    assert not missing, f"{len(missing)} acknowledged commits were lost"
+    conn.close()
+    db.close()
+    wait_for(lambda: last_tid(s1) == last_tid(s2),
+             "the old primary to follow the new one")
+
+
+def test_sync_replicas_lose_no_acknowledged_commit(cluster, tree, zk_url,
+                                                   capsys):
+    s1 = cluster("s1", replication_extra="  sync-replicas 1\n"
+                 "  sync-timeout 30")
+    cluster("s2", replication_extra="  sync-replicas 1\n  sync-timeout 30")
+    wait_for(lambda: "secondary connected" in s1.output(),
+             "the secondary to connect to the primary")
+    dbs = [zkzeo.DB(zk_url, wait_timeout=60) for _ in range(3)]
+    acknowledged = []
+    stop = threading.Event()
+
+    def writer(n, db):
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                commit(db, **{f"w{n}_{i}": i})
+                acknowledged.append(f"w{n}_{i}")
+            except Exception:
+                transaction.abort()
+                return
+    threads = [threading.Thread(target=writer, args=(n, db))
+               for n, db in enumerate(dbs)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acknowledged) > 50, "commits under way")
+    s1.kill()
+    stop.set()
+    for t in threads:
+        t.join()
+    for db in dbs:
+        try:
+            db.close()
+        except Exception:
+            pass
+    seen = list(acknowledged)
+    wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
+    status, out = zkzeo_command("promote", zk_url, capsys=capsys)
+    assert status == 0, out.err
+    db = zkzeo.DB(zk_url, wait_timeout=60)
+    conn = db.open()
+    missing = [k for k in seen if getattr(conn.root, k, None) is None]
+    assert not missing, f"acknowledged commits lost: {missing[:5]}"
+    conn.close()
+    db.close()
+
+
+def test_old_epoch_primary_is_fenced_when_replaced(cluster, tree, zk_url,
+                                                   capsys):
+    s1, s2 = cluster("s1"), cluster("s2")
+    writer = zkzeo.DB(zk_url, wait_timeout=60)
+    commit(writer, a=1)
+    wait_for(lambda: last_tid(s2) == last_tid(s1), "s2 to have a=1")
+    # Promote s2 while s1 still runs (--force): s1 must step down.
+    status, out = zkzeo_command("promote", zk_url, "--force", "--to", "s2",
+                                capsys=capsys)
+    assert status == 0, out.err
+    wait_for(lambda: tree.by_name()["s1"]["role"] == "secondary",
+             "the old primary to step down")
+    assert "steps down" in s1.output()
+    commit(writer, a=2)        # the client followed the new primary
+    wait_for(lambda: last_tid(s1) == last_tid(s2),
+             "the old primary to follow the new one")
+    writer.close()
