@@ -224,3 +224,81 @@ def test_old_epoch_primary_is_fenced_when_replaced(cluster, tree, zk_url,
     wait_for(lambda: last_tid(s1) == last_tid(s2),
              "the old primary to follow the new one")
     writer.close()
+
+
+def lossy_failover(cluster, tree, zk_url, tmp_path, capsys):
+    """s1 commits T (box v=2) that s2 never gets; s1 dies; s2 is promoted.
+
+    Returns (s1, s2, the cache file of a client that saw T, T)."""
+    from persistent.mapping import PersistentMapping
+    s1, s2 = cluster("s1"), cluster("s2")
+    cache = dict(cache=str(tmp_path / "client.zec"))
+    db = zkzeo.DB(zk_url, wait_timeout=60, **cache)
+    commit(db, box=PersistentMapping(v=1))
+    wait_for(lambda: last_tid(s2) == last_tid(s1), "s2 to have v=1")
+    s2.stop()                              # s2 misses what follows
+    with db.transaction() as conn:
+        conn.root.box["v"] = 2
+        assert conn.root.box["v"] == 2     # now cached by this client
+    lost = last_tid(s1)
+    db.close()                             # its cache file holds T
+    s1.kill()
+    wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
+    s2.start()
+    status, out = zkzeo_command("promote", zk_url, capsys=capsys)
+    assert status == 0, out.err
+    return s1, s2, cache, lost
+
+
+@pytest.mark.parametrize("new_writes", [False, True],
+                         ids=["server-behind-client", "poisoned-cache"])
+def test_lossy_failover_leaves_clients_correct_and_old_primary_stopped(
+        cluster, tree, zk_url, tmp_path, capsys, caplog, new_writes):
+    s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
+                                         capsys)
+    if new_writes:
+        # The new history grows past T's tid, so quick verification from T
+        # would pass over T's changes without our server's check.
+        other = zkzeo.DB(zk_url, wait_timeout=60)
+        commit(other, unrelated=1)
+        other.close()
+        assert last_tid(s2) > lost
+    else:
+        assert last_tid(s2) < lost         # stock ZEO: "server behind client"
+    db = zkzeo.DB(zk_url, wait_timeout=60, **cache)
+    with db.transaction() as conn:
+        assert conn.root.box["v"] == 1     # not the lost transaction's 2
+    db.close()
+    if new_writes:
+        assert "not in the history" in s2.output()
+    else:
+        assert "is behind this client's cache" in caplog.text
+    # The old primary comes back holding T: it must not replicate over it.
+    before = open(s1.path, "rb").read()
+    s1.start()
+    wait_for(lambda: "divergent history" in s1.output(),
+             "the old primary to find its history divergent")
+    assert "CRITICAL" in s1.output()
+    assert tree.by_name()["s1"]["role"] == "secondary"
+    s1.stop()
+    assert open(s1.path, "rb").read() == before      # nothing overwritten
+
+
+def test_automatic_failover(cluster, tree, zk_url):
+    extra = "  auto-failover 1.0"
+    s1 = cluster("s1", zk_extra=extra)
+    cluster("s2", zk_extra=extra)
+    cluster("s3", zk_extra=extra)
+    db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    commit(db, x=1)
+    wait_for(lambda: all(v["role"] for v in tree.by_name().values()),
+             "all registered")
+    s1.kill()
+    wait_for(lambda: tree.state()["epoch"] == 2,
+             "a secondary to promote itself")
+    new = tree.state()["primary"]
+    assert new in ("s2", "s3")
+    wait_for(lambda: tree.by_name().get(new, {}).get("role") == "primary",
+             "the new primary to register as primary")
+    commit(db, x=2)
+    db.close()

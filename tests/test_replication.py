@@ -187,3 +187,19 @@ def test_sync_replicas_timeout_degrades_or_blocks(cluster, caplog):
                                sync_timeout=0.2, sync_block=True)
     with pytest.raises(SyncReplicationTimeout):
         ZODB.DB(blocking)   # creating the root commits
+
+
+def test_secondary_refuses_a_source_of_an_older_epoch(cluster):
+    primary = cluster.primary()
+    primary.epoch = 1
+    db = ZODB.DB(primary)
+    commit(db, x=1)
+    secondary = cluster.secondary(primary, epoch=3)
+    wait_for(lambda: secondary.follower.problem and "epoch" in
+             secondary.follower.problem,
+             "the secondary to refuse the stale source")
+    assert "epoch 3" in secondary.follower.problem
+    assert secondary.lastTransaction() != primary.lastTransaction()
+    primary.epoch = 3                 # the source catches up with the epoch
+    wait_caught_up(secondary, primary)
+    db.close()
