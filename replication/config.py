@@ -76,7 +76,8 @@ class ReplicationConfig:
             base, source, replicate_to=c.replicate_to,
             keep_alive_delay=c.keep_alive_delay,
             replicate_blobs=c.replicate_blobs, name=name,
-            reconnect_max=c.reconnect_max_delay, reopen=c.base.open))
+            reconnect_max=c.reconnect_max_delay, reopen=c.base.open,
+            rewind_divergent=c.rewind_divergent))
 
     def _open(self, wrap):
         c = self.config

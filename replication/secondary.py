@@ -13,6 +13,7 @@ holds whole transactions.  Lost connections are retried with exponential
 backoff; a divergent history stops the follower for good (nothing is
 overwritten) and says what to do.
 """
+import base64
 import enum
 import logging
 import os
@@ -179,6 +180,7 @@ class Follower:
     """
 
     def __init__(self, storage, source_address, committed, install=None,
+                 rewind=None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, seen_epoch=lambda epoch: None,
                  reconnect_min=0.1, reconnect_max=5.0, hub=None):
@@ -187,6 +189,7 @@ class Follower:
         self.source_address = source_address
         self.committed = committed
         self.install = install
+        self.rewind = rewind
         self.keep_alive_delay = keep_alive_delay
         self.want_blobs = want_blobs and is_blob_storage(storage)
         self.blob_dir = getattr(storage, "blob_dir", None) if \
@@ -279,14 +282,26 @@ class Follower:
             try:
                 self._session(sock, log)
             except Diverged as e:
+                sock.close()
+                if self.rewind is not None:
+                    try:
+                        common = self._common_tid(address, log)
+                        if common is not None:
+                            log.warning("%s; rewinding to the last common "
+                                        "transaction %s", e, common.hex())
+                            self.storage = self.rewind(common)
+                            continue
+                    except Exception:
+                        log.exception("rewind failed")
                 self.state = State.DIVERGED
                 self.problem = str(e)
                 log.critical(
                     "replication stopped: %s. This secondary's data was "
-                    "left as it is. Rebuild it from the source (move its "
-                    "Data.fs aside and restart), or rewind it to the "
-                    "common history before replicating again.", e)
-                sock.close()
+                    "left as it is. Either rebuild it from the source (move "
+                    "its Data.fs aside and restart it), or restart it with "
+                    "rewind-divergent on, which keeps the whole Data.fs as "
+                    "Data.fs.divergent-TID and cuts the divergent "
+                    "transactions off.", e)
                 return
             except ProtocolError as e:
                 self.problem = f"protocol error from {peer}: {e}"
@@ -360,6 +375,37 @@ class Follower:
                  answer.last_tid.hex())
         sock.settimeout(None)
         self._receive(sock, reader, log)
+
+    def _common_tid(self, address, log, depth=1000):
+        """The newest of our last ``depth`` transactions that the source
+        has too (asking it as a new connection would), or None."""
+        for entry in self.storage.undoLog(0, -depth):
+            tid = base64.decodebytes(entry["id"])   # undoLog's encoding
+            digest = transaction_digest(self.storage, tid)
+            sock = _connect(address)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT)
+                sock.sendall(protocol.preamble() + Hello(
+                    self.epoch(), tid, digest, 0, self.name).encode())
+                reader = protocol.FrameReader()
+                data = b""
+                while len(data) < protocol.PREAMBLE_SIZE:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise EOFError("source closed the connection")
+                    data += chunk
+                reader.feed(data[protocol.PREAMBLE_SIZE:])
+                answer = self._next_message(sock, reader)
+            finally:
+                sock.close()
+            if isinstance(answer, Welcome):
+                return tid
+            if not (isinstance(answer, Refuse) and
+                    answer.code == protocol.DIVERGENT):
+                raise ProtocolError(f"unexpected answer {answer!r}")
+        log.critical("no common transaction among the last %d; rewind "
+                     "impossible", depth)
+        return None
 
     def _next_message(self, sock, reader):
         while True:

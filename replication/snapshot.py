@@ -212,6 +212,39 @@ def install(storage, path, blobs, reopen):
     return reopen()
 
 
+def rewind(storage, common, reopen):
+    """Cut the transactions after ``common`` off the FileStorage
+    ``storage``, keeping the whole file first as ``Data.fs.divergent-TID``
+    (TID: the first transaction cut off).  Returns the reopened storage.
+    """
+    from ZODB.FileStorage.FileStorage import FileIterator
+    path = storage.getName()
+    it = FileIterator(path, start=common)
+    try:
+        txn = next(it)
+        if txn.tid != common:
+            raise ValueError(f"transaction {common.hex()} not found")
+        end = it._pos          # just after the common transaction
+        following = next(it, None)
+    finally:
+        it.close()
+    first_cut = following.tid.hex() if following is not None else "none"
+    aside = f"{path}.divergent-{first_cut}"
+    storage.close()
+    shutil.copyfile(path, aside)
+    with open(aside, "rb+") as f:
+        os.fsync(f.fileno())
+    with open(path, "rb+") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    for suffix in (".index", ".tmp"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    logger.warning("rewound %s to transaction %s; the file as it was is "
+                   "kept in %s", path, common.hex(), aside)
+    return reopen()
+
+
 def empty_stand_in(storage):
     """An empty FileStorage (with blobs if ``storage`` has them) in a
     temporary directory, to answer for ``storage`` while it is replaced:

@@ -204,7 +204,8 @@ class ReplicatedStorage(StorageProxy):
     def __init__(self, base, replicate_to=None, replicate_from=None,
                  keep_alive_delay=1.0, sync_replicas=0, sync_timeout=10.0,
                  sync_block=False, replicate_blobs=True, name="",
-                 reconnect_max=5.0, reopen=None, epoch=0, hub=None):
+                 reconnect_max=5.0, reopen=None, epoch=0,
+                 rewind_divergent=False, hub=None):
         StorageProxy.__init__(self, base)
         self.name = name or base.getName()
         self.keep_alive_delay = keep_alive_delay
@@ -213,6 +214,7 @@ class ReplicatedStorage(StorageProxy):
         self.sync_block = sync_block
         self.replicate_blobs = replicate_blobs
         self.reconnect_max = reconnect_max
+        self.rewind_divergent = rewind_divergent
         self.hub = hub
         self.epoch = epoch
         self.fenced = False
@@ -244,6 +246,377 @@ class ReplicatedStorage(StorageProxy):
         self.follower = Follower(
             self.base, source, self._committed,
             install=self._install_snapshot if self._reopen else None,
+            rewind=self._rewind if self._reopen and self.rewind_divergent
+            else None,
+            keep_alive_delay=self.keep_alive_delay,
+            want_blobs=self.replicate_blobs, name=self.name,
+            epoch=lambda: self.epoch, seen_epoch=self._seen_epoch,
+            reconnect_max=self.reconnect_max, hub=self.hub)
+        self.follower.start()
+
+    def become_primary(self, epoch):
+        """Stop following, accept writes (in ``epoch``)."""
+        with self._lock:
+            if self.source is None:
+                raise ValueError(f"{self.name} cannot become primary: it "
+                                 "has no replicate-to address")
+            if self.follower is not None:
+                self.follower.stop()
+                self.follower = None
+            self.epoch = max(self.epoch, epoch)
+            self.role = Role.PRIMARY
+            self.fenced = False
+            logger.info("%s is primary (epoch %s) at tid %s", self.name,
+                        self.epoch, self.lastTransaction().hex())
+            self._drop_clients()
+
+    def become_secondary(self, source, epoch):
+        """Refuse writes and follow ``source`` (in ``epoch``)."""
+        with self._lock:
+            self.role = Role.SECONDARY
+            self.epoch = max(self.epoch, epoch)
+            if self.follower is not None:
+                self.follower.stop()
+            self._follow(source)
+            logger.info("%s is a secondary (epoch %s) at tid %s", self.name,
+                        self.epoch, self.lastTransaction().hex())
+            self._drop_clients()
+
+    def _drop_clients(self):
+        # ZEO's StorageServerDB.invalidateCache closes every connection of
+        # this storage, so clients register again and learn the new role.
+        if self._db is not None:
+            self._db.invalidateCache()
+
+    @property
+    def writable(self):
+        return self.role is Role.PRIMARY and not self.fenced
+
+    def isReadOnly(self):
+        return not self.writable
+
+    def _check_writable(self):
+        if not self.writable:
+            raise ReadOnlyError()
+
+    # --- writes (primary) -------------------------------------------------
+
+    def new_oid(self):
+        self._check_writable()
+        return self.base.new_oid()
+
+    def tpc_begin(self, transaction, tid=None, status=" "):
+        self._check_writable()
+        return self.base.tpc_begin(transaction, tid, status)
+
+    def store(self, oid, serial, data, version, transaction):
+        self._check_writable()
+        return self.base.store(oid, serial, data, version, transaction)
+
+    def storeBlob(self, oid, oldserial, data, blobfilename, version,
+                  transaction):
+        self._check_writable()
+        return self.base.storeBlob(oid, oldserial, data, blobfilename,
+                                   version, transaction)
+
+    def deleteObject(self, oid, serial, transaction):
+        self._check_writable()
+        return self.base.deleteObject(oid, serial, transaction)
+
+    def tpc_vote(self, transaction):
+        # Checked again: fencing may have begun since tpc_begin.
+        self._check_writable()
+        return self.base.tpc_vote(transaction)
+
+    def tpc_finish(self, transaction, func=lambda tid: None):
+        tid = self.base.tpc_finish(transaction, func)
+        if self.source is not None:
+            self.source.notify_commit()
+        if self.sync_replicas:
+            self._wait_for_replicas(tid)
+        return tid
+
+    def _wait_for_replicas(self, tid):
+        source = self.source
+        if self._degraded_at is not None:
+            # Degraded: do not wait again until enough secondaries have
+            # caught up with the commits they missed.
+            if not source.wait_for_acks(self._degraded_at,
+                                        self.sync_replicas, 0):
+                self._degraded_at = tid
+                return
+            logger.warning("synchronous replication restored: %d "
+                           "secondaries acknowledge commits again",
+                           self.sync_replicas)
+            self._degraded_at = None
+        if source.wait_for_acks(tid, self.sync_replicas, self.sync_timeout):
+            return
+        message = (f"transaction {tid.hex()} was not acknowledged by "
+                   f"{self.sync_replicas} secondaries within "
+                   f"{self.sync_timeout}s")
+        if self.sync_block:
+            logger.error("%s; the commit is durable on the primary only",
+                         message)
+            raise SyncReplicationTimeout(message)
+        logger.warning("%s; continuing asynchronously until they catch up: "
+                       "commits are NOT on any secondary yet", message)
+        self._degraded_at = tid
+
+    # Replication's own writes go to the base storage directly; through
+    # this storage these are never allowed on a secondary.
+    def restore(self, *args, **kw):
+        self._check_writable()
+        return self.base.restore(*args, **kw)
+
+    def restoreBlob(self, *args, **kw):
+        self._check_writable()
+        return self.base.restoreBlob(*args, **kw)
+
+    def undo(self, transaction_id, transaction):
+        self._check_writable()
+        return self.base.undo(transaction_id, transaction)
+
+    def copyTransactionsFrom(self, other):
+        self._check_writable()
+        return self.base.copyTransactionsFrom(other)
+
+    # --- secondary ----------------------------------------------------------
+
+    def _seen_epoch(self, epoch):
+        # The source's epoch; a secondary never goes back to an older one.
+        if epoch > self.epoch:
+            self.epoch = epoch
+
+    def _committed(self, tid, oids):
+        # On the replication hub, after a replicated commit.
+        db = self._db
+        if db is not None:
+            db.invalidate(tid, oids)
+        if self.source is not None:
+            self.source.notify_commit()
+
+    def _install_snapshot(self, path, blobs):
+        # On the replication hub: the empty storage makes way for a byte
+        # copy of the source's.
+        return self._replace_base(
+            lambda old: snapshot.install(old, path, blobs, self._reopen))
+
+    def _rewind(self, common):
+        # On the replication hub, after the source called our history
+        # divergent: cut our own tail off (kept aside) and follow again.
+        return self._replace_base(
+            lambda old: snapshot.rewind(old, common, self._reopen))
+
+    def _replace_base(self, replace):
+        """Swap the base storage for ``replace(old)``, which closes the old
+        one and reopens the file.  An empty stand-in answers meanwhile, and
+        clients are told to drop their caches and reconnect."""
+        old = new = self.base
+        stand_in = snapshot.empty_stand_in(old)
+        self.base = stand_in
+        try:
+            new = replace(old)
+        except BaseException:
+            try:
+                new = self._reopen()  # the old one got closed on the way
+            except Exception:
+                new = old             # still open: it holds its lock file
+            raise
+        finally:
+            self.base = new
+            snapshot.discard_stand_in(stand_in)
+        if self._db is not None:
+            new.registerDB(self._db)
+            self._db.invalidateCache()
+        if self.source is not None:
+            self.source.storage = new
+            self.source.notify_commit()
+        return new
+
+    def registerDB(self, db):
+        self.base.registerDB(db)
+
+    def close(self):
+        self.base.close()
+
+    def cleanup(self):
+        return self.base.cleanup()
+
+    def pack(self, t, referencesf, gc=None):
+        if gc is None:
+            return self.base.pack(t, referencesf)
+        return self.base.pack(t, referencesf, gc=gc)
+
+    # IStorage: writing
+    def new_oid(self):
+        return self.base.new_oid()
+
+    def tpc_begin(self, transaction, tid=None, status=" "):
+        return self.base.tpc_begin(transaction, tid, status)
+
+    def store(self, oid, serial, data, version, transaction):
+        return self.base.store(oid, serial, data, version, transaction)
+
+    def restore(self, oid, serial, data, version, prev_txn, transaction):
+        return self.base.restore(oid, serial, data, version, prev_txn,
+                                 transaction)
+
+    def checkCurrentSerialInTransaction(self, oid, serial, transaction):
+        return self.base.checkCurrentSerialInTransaction(oid, serial,
+                                                         transaction)
+
+    def deleteObject(self, oid, serial, transaction):
+        return self.base.deleteObject(oid, serial, transaction)
+
+    def tpc_vote(self, transaction):
+        return self.base.tpc_vote(transaction)
+
+    def tpc_finish(self, transaction, func=lambda tid: None):
+        return self.base.tpc_finish(transaction, func)
+
+    def tpc_abort(self, transaction):
+        return self.base.tpc_abort(transaction)
+
+    def tpc_transaction(self):
+        return self.base.tpc_transaction()
+
+    @property
+    def _transaction(self):
+        # ZEO's server falls back to it for storages without tpc_transaction
+        return self.base.tpc_transaction()
+
+    # IStorageUndoable
+    def undo(self, transaction_id, transaction):
+        return self.base.undo(transaction_id, transaction)
+
+    def undoLog(self, first=0, last=-20, filter=None):
+        return self.base.undoLog(first, last, filter)
+
+    def undoInfo(self, first=0, last=-20, specification=None):
+        return self.base.undoInfo(first, last, specification)
+
+    # IStorageIteration, IStorageCurrentRecordIteration, lastInvalidations
+    def iterator(self, start=None, stop=None):
+        return self.base.iterator(start, stop)
+
+    def record_iternext(self, next=None):
+        return self.base.record_iternext(next)
+
+    def lastInvalidations(self, count):
+        return self.base.lastInvalidations(count)
+
+    # IBlobStorage
+    @property
+    def fshelper(self):
+        return self.base.fshelper
+
+    @property
+    def blob_dir(self):
+        return self.base.blob_dir
+
+    def loadBlob(self, oid, serial):
+        return self.base.loadBlob(oid, serial)
+
+    def openCommittedBlobFile(self, oid, serial, blob=None):
+        return self.base.openCommittedBlobFile(oid, serial, blob)
+
+    def storeBlob(self, oid, oldserial, data, blobfilename, version,
+                  transaction):
+        return self.base.storeBlob(oid, oldserial, data, blobfilename,
+                                   version, transaction)
+
+    def restoreBlob(self, oid, serial, data, blobfilename, prev_txn,
+                    transaction):
+        return self.base.restoreBlob(oid, serial, data, blobfilename,
+                                     prev_txn, transaction)
+
+    def temporaryDirectory(self):
+        return self.base.temporaryDirectory()
+
+    def is_blob_record(self, record):
+        return self.base.is_blob_record(record)
+
+    def copyTransactionsFrom(self, other):
+        return self.base.copyTransactionsFrom(other)
+
+
+class SyncReplicationTimeout(Exception):
+    """Too few secondaries acknowledged a commit in time (sync-block)."""
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class ReplicatedStorage(StorageProxy):
+    """A storage that is either a replication primary or a secondary, and
+    can switch between the two without being reopened.
+
+    *Primary*: writable (unless fenced); every commit is streamed to the
+    secondaries connected to ``replicate_to``.  With ``sync_replicas=N``,
+    ``tpc_finish`` returns only once N secondaries have acknowledged the
+    transaction as durable, or after ``sync_timeout`` seconds with a warning
+    (or ``SyncReplicationTimeout`` with ``sync_block``; the transaction is
+    committed on the primary in either case).
+
+    *Secondary*: read-only to clients; a follower applies the stream of
+    ``replicate_from`` (an address, or a callable giving the current one),
+    and its clients see each replicated transaction as an invalidation.
+    With ``replicate_to`` it also serves replication (a chain).
+
+    Role changes happen in ``become_primary`` and ``become_secondary``; both
+    close the storage's client connections (ZEO checks read-only-ness only
+    when a client registers).  ``fenced`` refuses writes while true.
+    """
+
+    def __init__(self, base, replicate_to=None, replicate_from=None,
+                 keep_alive_delay=1.0, sync_replicas=0, sync_timeout=10.0,
+                 sync_block=False, replicate_blobs=True, name="",
+                 reconnect_max=5.0, reopen=None, epoch=0,
+                 rewind_divergent=False, hub=None):
+        StorageProxy.__init__(self, base)
+        self.name = name or base.getName()
+        self.keep_alive_delay = keep_alive_delay
+        self.sync_replicas = sync_replicas
+        self.sync_timeout = sync_timeout
+        self.sync_block = sync_block
+        self.replicate_blobs = replicate_blobs
+        self.reconnect_max = reconnect_max
+        self.rewind_divergent = rewind_divergent
+        self.hub = hub
+        self.epoch = epoch
+        self.fenced = False
+        self._db = None
+        self._degraded_at = None   # tid of the last commit not waited for
+        self._lock = threading.RLock()
+        if reopen is None and snapshot.can_snapshot(base):
+            reopen = _filestorage_reopener(base)
+        self._reopen = reopen
+        self.source = None
+        self.replication_address = None
+        self.follower = None
+        if replicate_to:
+            self.source = Source(base, replicate_to, keep_alive_delay,
+                                 send_blobs=replicate_blobs, name=self.name,
+                                 epoch=lambda: self.epoch, hub=hub)
+            self.replication_address = self.source.start()
+        if replicate_from is None:
+            if self.source is None:
+                raise ValueError("a primary needs replicate_to")
+            self.role = Role.PRIMARY
+        else:
+            self.role = Role.SECONDARY
+            self._follow(replicate_from)
+
+    # --- roles ----------------------------------------------------------
+
+    def _follow(self, source):
+        self.follower = Follower(
+            self.base, source, self._committed,
+            install=self._install_snapshot if self._reopen else None,
+            rewind=self._rewind if self._reopen and self.rewind_divergent
+            else None,
             keep_alive_delay=self.keep_alive_delay,
             want_blobs=self.replicate_blobs, name=self.name,
             epoch=lambda: self.epoch, seen_epoch=self._seen_epoch,
@@ -416,6 +789,27 @@ class ReplicatedStorage(StorageProxy):
         if self.source is not None:
             self.source.storage = new
             self.source.notify_commit()
+        return new
+
+    def _rewind(self, common):
+        # On the replication hub, after the source called our history
+        # divergent: cut our own tail off (kept aside) and follow again.
+        old = new = self.base
+        stand_in = snapshot.empty_stand_in(old)
+        self.base = stand_in
+        try:
+            new = snapshot.rewind(old, common, self._reopen)
+        except BaseException:
+            new = self._reopen()
+            raise
+        finally:
+            self.base = new
+            snapshot.discard_stand_in(stand_in)
+        if self._db is not None:
+            new.registerDB(self._db)
+            self._db.invalidateCache()
+        if self.source is not None:
+            self.source.storage = new
         return new
 
     def registerDB(self, db):

@@ -302,3 +302,30 @@ def test_automatic_failover(cluster, tree, zk_url):
              "the new primary to register as primary")
     commit(db, x=2)
     db.close()
+
+
+def test_rewind_keeps_the_divergent_file_and_replicates(
+        cluster, tree, zk_url, tmp_path, capsys):
+    s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
+                                         capsys)
+    before = open(s1.path, "rb").read()
+    s1.replication_extra = "  rewind-divergent true"
+    s1.start()
+    wait_for(lambda: "rewound" in s1.output(), "the old primary to rewind")
+    aside = f"{s1.path}.divergent-{lost.hex()}"
+    assert open(aside, "rb").read() == before     # nothing lost
+    db = zkzeo.DB(zk_url, wait_timeout=60)
+    commit(db, after_rewind=1)
+    db.close()
+    wait_for(lambda: last_tid(s1) == last_tid(s2),
+             "the rewound server to follow the new primary")
+    s1.stop()
+    s2.stop()
+    from tests.replication_support import assert_same_history
+    a = FileStorage(s1.path, blob_dir=s1.blobs, read_only=True)
+    b = FileStorage(s2.path, blob_dir=s2.blobs, read_only=True)
+    try:
+        assert_same_history(a, b)
+    finally:
+        a.close()
+        b.close()
