@@ -93,6 +93,10 @@ def test_cluster_registers_discovers_and_follows(cluster, tree, zk_url,
     s1.stop()
     s1.start()
     assert tree.by_name()["s1"]["role"] == "primary"
+    wait_for(lambda: db.storage.is_connected() and
+             connected_address(db.storage)[1] ==
+             int(tree.by_name()["s1"]["address"].rsplit(":", 1)[1]),
+             "the running client to connect to the restarted primary")
     with db.transaction() as conn:
         conn.root.x = 2
     wait_for(lambda: value_on(rconn, "x") == 2,
