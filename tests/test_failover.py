@@ -329,3 +329,46 @@ def test_rewind_keeps_the_divergent_file_and_replicates(
     finally:
         a.close()
         b.close()
+
+
+def test_primary_cut_off_from_zookeeper_stops_writes_until_back(tmp_path):
+    import os
+    import signal
+    import ZEO
+    from zkzeo.zkserver import ZooKeeperServer
+    zookeeper = ZooKeeperServer(str(tmp_path / "zk")).start()
+    s1 = ZKServer(tmp_path, "s1", zookeeper.address, "/fencing",
+                  session_timeout=2.0)
+    db = None
+    try:
+        s1.start()
+        tree = Tree(zookeeper.address, "/fencing")
+        address = tree.by_name()["s1"]["address"].rsplit(":", 1)
+        tree.close()
+        db = ZEO.DB((address[0], int(address[1])), wait_timeout=60)
+        commit(db, n=0)
+
+        def can_write():
+            try:
+                commit(db, n=1)
+                return True
+            except ReadOnlyError:
+                transaction.abort()
+                return False
+            except ClientDisconnected:
+                transaction.abort()
+                return None
+        os.kill(zookeeper.process.pid, signal.SIGSTOP)   # ZooKeeper hangs
+        try:
+            wait_for(lambda: can_write() is False,
+                     "the primary to refuse writes without ZooKeeper")
+            assert "lost its ZooKeeper session" in s1.output()
+        finally:
+            os.kill(zookeeper.process.pid, signal.SIGCONT)
+        wait_for(can_write, "writes to work again once ZooKeeper is back")
+        assert "accepting writes again" in s1.output()
+    finally:
+        if db is not None:
+            db.close()
+        s1.stop()
+        zookeeper.stop()
