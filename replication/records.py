@@ -10,6 +10,8 @@ from collections import namedtuple
 
 import ZODB.blob
 import ZODB.interfaces
+from ZODB.FileStorage import FileStorage
+from ZODB.FileStorage.FileStorage import FileIterator
 from ZODB.utils import p64, u64
 
 from . import protocol
@@ -100,6 +102,67 @@ def open_iterator(storage, start=None, stop=None):
         return storage.iterator(start, stop)
     with lock:
         return storage.iterator(start, stop)
+
+
+class Tail:
+    """The transactions a storage gained since the last read.
+
+    For a FileStorage it remembers the file position just after the last
+    transaction read, and the file's identity (a pack puts a new file in
+    place), so reading what a commit added is a seek and a read: no search,
+    and no wait for FileStorage's lock, which a commit holds through its
+    fsync.  Reading stops at ``end``, the committed size the committer saw,
+    because the next transaction may be half written.  In every other case
+    (first read, after a pack, other storages) it uses open_iterator.
+    """
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.tid = self.pos = self.ino = None
+
+    def read(self, after, last, end=None):
+        """Yield the transactions after tid ``after``, up to ``last``."""
+        storage = self.storage
+        pos = self.pos
+        fast = (end is not None and self.tid == after and pos is not None
+                and isinstance(storage, FileStorage)
+                and _inode(storage.getName()) == self.ino)
+        self.tid = self.pos = None          # valid again only when done
+        if fast:
+            it = FileIterator(storage.getName(), pos=pos)
+        else:
+            it = open_iterator(storage, next_tid(after), last)
+        try:
+            tid = after
+            while not fast or it._pos < end:
+                txn = next(it, None)
+                if txn is None:
+                    break
+                if txn.tid <= tid:
+                    raise ValueError(f"{storage.getName()}: transaction "
+                                     f"{txn.tid.hex()} is not after "
+                                     f"{tid.hex()}")
+                tid = txn.tid
+                yield txn
+            if isinstance(storage, FileStorage):
+                # FileIterator's position after the last transaction read
+                self.tid, self.pos = tid, it._pos
+                self.ino = _inode(storage.getName())
+        finally:
+            _close_iterator(it)
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _close_iterator(it):
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
 
 
 def transaction_digest(storage, tid):

@@ -28,7 +28,7 @@ from .hub import get_hub
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .snapshot import can_snapshot, send_snapshot
-from .records import BlobRef, encode_transaction, next_tid, \
+from .records import BlobRef, Tail, encode_transaction, next_tid, \
     open_iterator, transaction_digest
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class Source:
         self._server = None
         self._wakeup = None
         self._closed = False
+        self._notified = None      # (tid, committed size) from committers
+        self._tail = Tail(storage)
 
     # --- called from any thread -----------------------------------------
 
@@ -90,11 +92,16 @@ class Source:
                     self.storage.getName(), format_address(self.address))
         return self.address
 
-    def notify_commit(self):
-        """A transaction was committed to the storage (thread-safe).
+    def notify_commit(self, tid=None, end=None):
+        """Transaction ``tid`` was committed, and the storage's committed
+        size is now ``end`` (thread-safe; both optional).
 
         Without secondaries there is nothing to wake up: a secondary that
         connects reads the storage's last transaction itself."""
+        if tid is not None:
+            previous = self._notified
+            if previous is None or tid > previous[0]:
+                self._notified = (tid, end)
         if self._wakeup is not None and self.secondaries:
             self._wakeup.send()
 
@@ -163,14 +170,18 @@ class Source:
         if isinstance(self.address, str) and os.path.exists(self.address):
             os.unlink(self.address)
 
-    def _on_commit(self):
+    def _on_commit(self, from_committer=True):
         try:
-            last = self.storage.lastTransaction()
-            if last == self._last_tid:
+            notified = self._notified if from_committer else None
+            if notified is not None and notified[0] > self._last_tid:
+                last, end = notified    # no wait for the storage's lock
+            else:
+                last, end = self.storage.lastTransaction(), None
+            if last <= self._last_tid:
                 return
             previous, self._last_tid = self._last_tid, last
             if self.secondaries:
-                self._extend_recent(previous)
+                self._extend_recent(previous, end)
             else:
                 self._clear_recent()
         except Exception:
@@ -184,21 +195,19 @@ class Source:
         self._recent, self._recent_tids, self._recent_bytes = [], [], 0
         self._recent_base = None
 
-    def _extend_recent(self, previous):
+    def _extend_recent(self, previous, end=None):
         # The shared log is contiguous: it must continue from `previous`.
         if self._recent_tids and self._recent_tids[-1] != previous:
             self._clear_recent()
         if not self._recent_tids:
             self._recent_base = previous
-        it = open_iterator(self.storage, next_tid(previous), self._last_tid)
-        try:
-            for txn in it:
-                enc = encode_transaction(self.storage, txn, self.send_blobs)
-                self._recent.append(enc)
-                self._recent_tids.append(enc.tid)
-                self._recent_bytes += enc.size
-        finally:
-            _close(it)
+        if self._tail.storage is not self.storage:
+            self._tail = Tail(self.storage)   # a byte copy replaced it
+        for txn in self._tail.read(previous, self._last_tid, end):
+            enc = encode_transaction(self.storage, txn, self.send_blobs)
+            self._recent.append(enc)
+            self._recent_tids.append(enc.tid)
+            self._recent_bytes += enc.size
         if self._recent_bytes > RECENT_BYTES:
             drop = len(self._recent) // 2
             self._recent_bytes -= sum(e.size for e in self._recent[:drop])
@@ -263,7 +272,7 @@ class Source:
                 f"expected HELLO, got {type(hello).__name__}")
         secondary.name = hello.name
         log.extra = dict(log.extra, peer=f"{hello.name}@{secondary.peer}")
-        self._on_commit()     # commits made while nobody listened
+        self._on_commit(from_committer=False)   # made while nobody listened
         refusal = self._check_history(hello)
         if refusal is not None:
             sock.sendall(refusal.encode())
@@ -354,7 +363,7 @@ class Source:
                 if not changed.wait(self.keep_alive_delay):
                     # A commit racing with this secondary's arrival may
                     # have skipped its wake-up: look for ourselves.
-                    self._on_commit()
+                    self._on_commit(from_committer=False)
                     sock.sendall(Heartbeat(self.epoch(),
                                            self._last_tid).encode())
                 continue

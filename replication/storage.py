@@ -331,7 +331,7 @@ class ReplicatedStorage(StorageProxy):
     def tpc_finish(self, transaction, func=lambda tid: None):
         tid = self.base.tpc_finish(transaction, func)
         if self.source is not None:
-            self.source.notify_commit()
+            self.source.notify_commit(tid, self._committed_size())
         if self.sync_replicas:
             self._wait_for_replicas(tid)
         return tid
@@ -387,13 +387,18 @@ class ReplicatedStorage(StorageProxy):
         if epoch > self.epoch:
             self.epoch = epoch
 
+    def _committed_size(self):
+        # FileStorage's size is the end of its last committed transaction.
+        return self.base.getSize() if snapshot.can_snapshot(self.base) \
+            else None
+
     def _committed(self, tid, oids):
         # On the replication hub, after a replicated commit.
         db = self._db
         if db is not None:
             db.invalidate(tid, oids)
         if self.source is not None:
-            self.source.notify_commit()
+            self.source.notify_commit(tid, self._committed_size())
 
     def _install_snapshot(self, path, blobs):
         # On the replication hub: the empty storage makes way for a byte
@@ -700,7 +705,7 @@ class ReplicatedStorage(StorageProxy):
     def tpc_finish(self, transaction, func=lambda tid: None):
         tid = self.base.tpc_finish(transaction, func)
         if self.source is not None:
-            self.source.notify_commit()
+            self.source.notify_commit(tid, self._committed_size())
         if self.sync_replicas:
             self._wait_for_replicas(tid)
         return tid
@@ -756,13 +761,18 @@ class ReplicatedStorage(StorageProxy):
         if epoch > self.epoch:
             self.epoch = epoch
 
+    def _committed_size(self):
+        # FileStorage's size is the end of its last committed transaction.
+        return self.base.getSize() if snapshot.can_snapshot(self.base) \
+            else None
+
     def _committed(self, tid, oids):
         # On the replication hub, after a replicated commit.
         db = self._db
         if db is not None:
             db.invalidate(tid, oids)
         if self.source is not None:
-            self.source.notify_commit()
+            self.source.notify_commit(tid, self._committed_size())
 
     def _install_snapshot(self, path, blobs):
         # On the replication hub: the empty storage makes way for a byte
