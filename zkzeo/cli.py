@@ -3,6 +3,8 @@
     zkzeo status URL [--json]
     zkzeo promote URL [--to NAME] [--force] [--timeout SECONDS]
     zkzeo switchover URL [--to NAME] [--timeout SECONDS]
+    zkzeo check URL [--lag-warning S] [--lag-critical S] ...   (Nagios)
+    zkzeo metrics URL [--port PORT | --once]                  (Prometheus)
 
 It reads the cluster straight from ZooKeeper and asks the servers for their
 positions (ZEO's server_status).  Transitions are written to ZooKeeper as
@@ -278,6 +280,8 @@ def parser():
     switchover.add_argument("--to", metavar="NAME")
     switchover.add_argument("--timeout", type=float, default=60.0)
     switchover.set_defaults(func=cmd_switchover)
+    from .monitoring import add_commands
+    add_commands(sub)
     return p
 
 
@@ -286,6 +290,10 @@ def main(argv=None):
     try:
         cluster = Cluster(args.url)
     except (LayoutError, zk.ZooKeeperUnreachable) as e:
+        unknown = getattr(args, "unknown_status", None)
+        if unknown is not None:        # a monitoring plugin's UNKNOWN
+            print(f"ZKZEO UNKNOWN - {e}")
+            return unknown
         print(f"zkzeo: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, LayoutError) else EXIT_FAILED
     try:

@@ -1,0 +1,79 @@
+"""zkzeo check and zkzeo metrics against real servers: a killed secondary
+and a lagging one are reported."""
+import re
+
+import pytest
+
+from tests.support import wait_for
+from tests.zk_servers import Tree, ZKServer
+from zkzeo import cli
+from zkzeo.discovery import Snapshot
+from zkzeo.layout import ClusterState
+from zkzeo.monitoring import CRITICAL, OK, WARNING, evaluate
+
+
+@pytest.fixture
+def cluster(tmp_path, zookeeper, zk_path):
+    started = []
+
+    def server(name, **kw):
+        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
+        started.append(s)
+        return s.start()
+    yield server
+    for s in reversed(started):
+        s.stop()
+
+
+def check(url, *options, capsys):
+    status = cli.main(["check", url, *options])
+    return status, capsys.readouterr().out
+
+
+def test_check_reports_a_killed_secondary(cluster, zk_url, zk_path,
+                                          zookeeper, capsys):
+    cluster("s1")
+    s2 = cluster("s2")
+    cluster("s3")
+    status, out = check(zk_url, "--secondaries-warning", "2", capsys=capsys)
+    assert status == OK, out
+    assert out.startswith("ZKZEO OK - primary s1, epoch 1, 2 secondaries")
+    assert "secondaries=2;2;0;0" in out
+    metrics = cli.main(["metrics", zk_url, "--once"])
+    assert metrics == 0
+    text = capsys.readouterr().out
+    assert re.search(r'zkzeo_primary\{.*name="s1".*\} 1', text)
+    assert re.search(r'zkzeo_up\{.*name="s2".*\} 1', text)
+    s2.kill()
+    tree = Tree(zookeeper.address, zk_path)
+    wait_for(lambda: "s2" not in tree.by_name(), "s2's node to expire")
+    tree.close()
+    status, out = check(zk_url, "--secondaries-warning", "2", capsys=capsys)
+    assert status == WARNING, out
+    assert "1 live secondaries (warning below 2)" in out
+
+
+def test_check_reports_a_lagging_secondary_and_a_missing_primary():
+    def row(name, role, lag, reachable=True):
+        return {"name": name, "role": role, "reachable": reachable,
+                "lag_seconds": lag}
+    snap = Snapshot("/db", True, ClusterState("s1", 4), 0, ())
+    rows = [row("s1", "primary", 0.0), row("s2", "secondary", 7.5),
+            row("s3", "secondary", 0.2)]
+    status, summary, perf = evaluate(snap, rows, 5, 60, 1, 0)
+    assert status == WARNING and summary == "s2 is 7.5s behind"
+    assert "lag_s2=7.500s;5;60;0" in perf
+    rows[1]["lag_seconds"] = 90.0
+    assert evaluate(snap, rows, 5, 60, 1, 0)[:2] == (
+        CRITICAL, "s2 is 90.0s behind")
+    status, summary, _ = evaluate(snap, rows[1:], 5, 60, 1, 0)
+    assert status == CRITICAL
+    assert summary.startswith("primary s1 is not registered")
+
+
+def test_check_unknown_when_zookeeper_is_unreachable(capsys):
+    from zkzeo.zkserver import free_port
+    status = cli.main(["check", f"zk://127.0.0.1:{free_port()}/db"])
+    assert status == 3
+    assert capsys.readouterr().out.startswith("ZKZEO UNKNOWN - could not "
+                                              "reach ZooKeeper")
