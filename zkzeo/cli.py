@@ -103,7 +103,7 @@ def status_rows(cluster):
     if primary is not None and positions.get(primary.name):
         primary_time = tid_time(positions[primary.name]["last-transaction"])
     rows = []
-    for server in snapshot.servers:
+    for server in sorted(snapshot.servers, key=lambda s: s.name):
         status = positions.get(server.name)
         last = tid_time(status["last-transaction"]) if status else None
         lag = None
@@ -116,7 +116,8 @@ def status_rows(cluster):
             "last_tid": status["last-transaction"] if status else None,
             "last_time": format_time(last) if last else None,
             "lag_seconds": lag,
-            "clients": status["connections"] if status else None,
+            # not counting the connection that asked
+            "clients": max(0, status["connections"] - 1) if status else None,
             "frozen": "frozen_tid" in server.extra,
         })
     return snapshot, rows

@@ -107,6 +107,11 @@ class Controller:
             if self._stopping:
                 break
             snapshot = self.view.snapshot
+            info = self.registration.info
+            if self.storage.epoch != info.epoch and self._session_ok():
+                # a secondary that followed a promotion says so
+                self.registration.publish(
+                    info.with_(epoch=self.storage.epoch))
             action, sentence = ha.decide(snapshot, self.me(snapshot))
             if action == ha.NOTHING:
                 if sentence != last_sentence:

@@ -76,12 +76,7 @@ class ZooKeeperServer:
     def address(self):
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout=30):
-        java = shutil.which("java")
-        if java is None:
-            raise ZooKeeperNotFound(
-                "java is not installed (Debian's zookeeper package pulls "
-                "in a Java runtime)")
+    def write_config(self):
         os.makedirs(os.path.join(self.data_dir, "data"), exist_ok=True)
         conf = os.path.join(self.data_dir, "zoo.cfg")
         with open(conf, "w") as f:
@@ -95,27 +90,42 @@ class ZooKeeperServer:
                 "maxSessionTimeout=60000\n"
                 "admin.enableServer=false\n"
                 "4lw.commands.whitelist=srvr,ruok,stat,cons\n")
+        return conf
+
+    def command(self):
+        """The command line that runs this server in the foreground."""
+        java = shutil.which("java")
+        if java is None:
+            raise ZooKeeperNotFound(
+                "java is not installed (Debian's zookeeper package pulls "
+                "in a Java runtime)")
+        return [java, "-Xmx256m", "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Dzookeeper.log.dir=" + self.data_dir,
+                "-cp", find_classpath(),
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+                self.write_config()]
+
+    def answers(self):
+        try:
+            return "Mode: standalone" in four_letter_word(
+                self.host, self.port, "srvr")
+        except OSError:
+            return False
+
+    def start(self, timeout=30):
+        command = self.command()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             "-Dzookeeper.log.dir=" + self.data_dir,
-             "-cp", find_classpath(),
-             "org.apache.zookeeper.server.ZooKeeperServerMain", conf],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            command, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.answers():
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"ZooKeeper exited with status {self.process.returncode}"
                     f" at start; its log:\n{self.log_text()}")
-            try:
-                if "Mode: standalone" in four_letter_word(
-                        self.host, self.port, "srvr"):
-                    break
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(

@@ -1,0 +1,54 @@
+"""The README's local cluster: zdaemon-run ZooKeeper and zkrunzeo servers,
+a narrated failover, and a stop that leaves no process behind."""
+import os
+import subprocess
+import sys
+
+
+def processes_under(directory):
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in cmdline:
+            found.append((pid, cmdline.replace("\0", " ")))
+    return found
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "zkzeo.local", *args], capture_output=True,
+        text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def test_start_demo_stop(tmp_path):
+    directory = tmp_path / "cluster"
+    try:
+        result = run("start", str(directory))
+        assert result.returncode == 0, result.stderr + result.stdout
+        out = result.stdout
+        assert "applications use: zk://127.0.0.1:" in out
+        assert "primary s1, epoch 1" in out
+        table = [line.split() for line in out.splitlines()
+                 if line.startswith("s") and "127.0.0.1:" in line]
+        assert sorted(row[2] for row in table) == [
+            "primary", "secondary", "secondary"]
+        for name in ("s1", "s2", "s3"):
+            status = subprocess.run(
+                [sys.executable, "-m", "zdaemon", "-C",
+                 str(directory / name / "zdaemon.conf"), "status"],
+                capture_output=True, text=True)
+            assert "program running" in status.stdout
+        result = run("demo", str(directory))
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert "the same client writes again" in result.stdout
+        assert "epoch 2" in result.stdout
+    finally:
+        run("stop", str(directory))
+    assert processes_under(directory) == []

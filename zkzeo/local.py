@@ -1,0 +1,311 @@
+"""``zkzeo-cluster``: a local cluster in one command, run by zdaemon.
+
+    zkzeo-cluster start [DIR] [--servers 3] [--zookeeper HOST:PORT]
+    zkzeo-cluster status [DIR]
+    zkzeo-cluster stop [DIR]
+    zkzeo-cluster demo [DIR]      a failover, narrated, on the running cluster
+
+``start`` lays out DIR (default ``var/cluster``): a standalone ZooKeeper
+(unless one is given) and N zkrunzeo servers, each with a generated zeo.conf
+and zdaemon.conf, each process run by zdaemon (so ``zdaemon -C
+DIR/s1/zdaemon.conf status|stop|start|restart`` work too).  Server logs go to
+DIR/NAME/server.log, rotated by ZConfig's logfile handler.  It then prints
+the zk: URL for applications and the status table.  ``stop`` stops every
+process it started.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import cli
+from .zkserver import ZooKeeperServer, free_port
+
+DEFAULT_DIR = os.path.join("var", "cluster")
+PATH = "/databases/main"
+
+ZDAEMON_CONFIG = """\
+<runner>
+  program {program}
+  socket-name {directory}/zdaemon.sock
+  transcript {directory}/transcript.log
+  directory {directory}
+  daemon true
+  forever false
+  backoff-limit 10
+  start-timeout 60
+  stop-timeout 30
+</runner>
+<eventlog>
+  <logfile>
+    path {directory}/zdaemon.log
+  </logfile>
+</eventlog>
+"""
+
+SERVER_CONFIG = """\
+<zeo>
+  address 127.0.0.1:0
+</zeo>
+<zookeeper>
+  connection {zookeeper}
+  path {path}
+  name {name}
+  session-timeout 4
+</zookeeper>
+<replication 1>
+  replicate-from zk:
+  replicate-to 127.0.0.1:0
+  reconnect-max-delay 1
+  <filestorage>
+    path {directory}/Data.fs
+    blob-dir {directory}/blobs
+  </filestorage>
+</replication>
+<eventlog>
+  level INFO
+  <logfile>
+    path {directory}/server.log
+    max-size 10MB
+    old-files 5
+    format %(asctime)s %(levelname)s %(name)s %(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+def say(text):
+    print(text, flush=True)
+
+
+class LocalCluster:
+
+    def __init__(self, directory):
+        self.directory = os.path.abspath(directory)
+        self.state_file = os.path.join(self.directory, "cluster.json")
+
+    # --- layout -------------------------------------------------------------
+
+    def load(self):
+        if not os.path.exists(self.state_file):
+            raise SystemExit(f"no cluster in {self.directory}; "
+                             "run 'zkzeo-cluster start' first")
+        with open(self.state_file) as f:
+            return json.load(f)
+
+    def save(self, state):
+        os.makedirs(self.directory, exist_ok=True)
+        with open(self.state_file, "w") as f:
+            json.dump(state, f, indent=2)
+
+    def url(self, state):
+        return f"zk://{state['zookeeper']}{state['path']}"
+
+    def daemon_dir(self, name):
+        return os.path.join(self.directory, name)
+
+    def write_daemon(self, name, program):
+        directory = self.daemon_dir(name)
+        os.makedirs(directory, exist_ok=True)
+        conf = os.path.join(directory, "zdaemon.conf")
+        with open(conf, "w") as f:
+            f.write(ZDAEMON_CONFIG.format(
+                program=" ".join(program), directory=directory))
+        return conf
+
+    def zdaemon(self, name, *command):
+        conf = os.path.join(self.daemon_dir(name), "zdaemon.conf")
+        return subprocess.run(
+            [sys.executable, "-m", "zdaemon", "-C", conf, *command],
+            capture_output=True, text=True)
+
+    def running(self, name):
+        return "program running" in self.zdaemon(name, "status").stdout
+
+    # --- commands -------------------------------------------------------------
+
+    def start(self, servers=3, zookeeper=None):
+        if os.path.exists(self.state_file):
+            state = self.load()
+        else:
+            state = {"zookeeper": zookeeper, "path": PATH,
+                     "servers": [f"s{i}" for i in range(1, servers + 1)],
+                     "own_zookeeper": zookeeper is None}
+            if zookeeper is None:
+                state["zookeeper"] = f"127.0.0.1:{free_port()}"
+            self.save(state)
+        if state["own_zookeeper"]:
+            self.start_zookeeper(state)
+        for name in state["servers"]:
+            self.start_server(state, name)
+        say(f"applications use: {self.url(state)}")
+        self.wait_caught_up(state)
+        return cli.main(["status", self.url(state)])
+
+    def start_zookeeper(self, state):
+        host, port = state["zookeeper"].rsplit(":", 1)
+        server = ZooKeeperServer(self.daemon_dir("zookeeper"), host,
+                                 int(port))
+        os.makedirs(server.data_dir, exist_ok=True)
+        self.write_daemon("zookeeper", server.command())
+        if not self.running("zookeeper"):
+            self.check(self.zdaemon("zookeeper", "start"), "zookeeper")
+        self.wait(server.answers, f"ZooKeeper on {state['zookeeper']}")
+        say(f"ZooKeeper on {state['zookeeper']} (data in "
+            f"{server.data_dir})")
+
+    def start_server(self, state, name):
+        directory = self.daemon_dir(name)
+        os.makedirs(directory, exist_ok=True)
+        conf = os.path.join(directory, "zeo.conf")
+        with open(conf, "w") as f:
+            f.write(SERVER_CONFIG.format(
+                zookeeper=state["zookeeper"], path=state["path"], name=name,
+                directory=directory))
+        self.write_daemon(name, [sys.executable, "-m", "zkzeo.server",
+                                 "-C", conf])
+        if not self.running(name):
+            self.check(self.zdaemon(name, "start"), name)
+        log = os.path.join(directory, "server.log")
+        self.wait(lambda: os.path.exists(log) and
+                  "registered" in open(log).read(), f"{name} to register")
+        say(f"{name} running under zdaemon ({directory})")
+
+    def wait_caught_up(self, state, timeout=120):
+        cluster = cli.Cluster(self.url(state))
+        try:
+            def caught_up():
+                _, rows = cli.status_rows(cluster)
+                return len(rows) == len(state["servers"]) and all(
+                    r["reachable"] for r in rows) and len(
+                    {r["last_tid"] for r in rows}) == 1
+            self.wait(caught_up, "the secondaries to catch up", timeout)
+        finally:
+            cluster.close()
+
+    def stop(self):
+        state = self.load()
+        names = list(reversed(state["servers"]))
+        if state["own_zookeeper"]:
+            names.append("zookeeper")
+        for name in names:
+            if os.path.exists(os.path.join(self.daemon_dir(name),
+                                           "zdaemon.conf")):
+                self.zdaemon(name, "stop")
+                say(f"stopped {name}")
+        return 0
+
+    def status(self):
+        return cli.main(["status", self.url(self.load())])
+
+    def demo(self):
+        """A failover, narrated: kill the primary, promote, recover."""
+        import transaction
+        import zkzeo
+        state = self.load()
+        url = self.url(state)
+        cluster = cli.Cluster(url)
+        try:
+            return self._demo(state, url, cluster, zkzeo, transaction)
+        finally:
+            cluster.close()
+
+    def _demo(self, state, url, cluster, zkzeo, transaction):
+        import logging
+        # ZEO logs each refused read-write registration during the failover
+        # at ERROR; the narration says what happens instead.
+        logging.getLogger("ZEO").setLevel(logging.CRITICAL)
+        primary = cluster.snapshot().state.primary
+        say(f"1. a client opens {url} with read_only_fallback and writes")
+        db = zkzeo.DB(url, read_only_fallback=True, wait_timeout=60)
+        with db.transaction() as conn:
+            conn.root.demo = getattr(conn.root, "demo", 0) + 1
+            value = conn.root.demo
+        say(f"   wrote demo={value} through primary {primary}")
+        say(f"2. SIGKILL of the primary {primary} (and of its zdaemon, "
+            "which would restart it at once)")
+        self.kill(primary)
+        start = time.monotonic()
+        self.wait(lambda: db.storage.is_connected() and
+                  db.storage.isReadOnly(), "a read-only reconnection")
+        conn = db.open()
+        transaction.begin()
+        say(f"   {time.monotonic() - start:.2f}s later the client reads "
+            f"demo={conn.root.demo} from a secondary (writes fail for now)")
+        conn.close()
+        say("3. zkzeo promote, once the dead primary's ZooKeeper session "
+            "has expired")
+        self.wait(lambda: cluster.snapshot().primary is None,
+                  "the dead primary's node to expire", 60)
+        cli.main(["promote", url])
+        self.wait(lambda: db.storage.is_connected() and
+                  not db.storage.isReadOnly(), "a read-write reconnection")
+        with db.transaction() as conn:
+            conn.root.demo += 1
+            say(f"4. the same client writes again: demo={conn.root.demo}")
+        db.close()
+        say(f"5. {primary} comes back and follows the new primary")
+        self.start_server(state, primary)
+        self.wait_caught_up(state)
+        return cli.main(["status", url])
+
+    def kill(self, name):
+        """SIGKILL a server and its zdaemon (a crash zdaemon won't mend)."""
+        conf = os.path.join(self.daemon_dir(name), "zeo.conf")
+        daemon_conf = os.path.join(self.daemon_dir(name), "zdaemon.conf")
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if daemon_conf in args or conf in args:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for leftover in ("zdaemon.sock",):
+            path = os.path.join(self.daemon_dir(name), leftover)
+            if os.path.exists(path):
+                os.remove(path)
+
+    # --- helpers ----------------------------------------------------------------
+
+    def check(self, result, name):
+        if result.returncode != 0:
+            raise SystemExit(f"zdaemon failed for {name}: "
+                             f"{result.stdout}{result.stderr}")
+
+    def wait(self, condition, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"gave up waiting for {what} after "
+                                 f"{timeout}s; see the logs in "
+                                 f"{self.directory}")
+            time.sleep(0.1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="zkzeo-cluster",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("command",
+                        choices=["start", "stop", "status", "demo"])
+    parser.add_argument("directory", nargs="?", default=DEFAULT_DIR)
+    parser.add_argument("--servers", type=int, default=3)
+    parser.add_argument("--zookeeper", metavar="HOST:PORT",
+                        help="use this ZooKeeper instead of starting one")
+    args = parser.parse_args(argv)
+    local = LocalCluster(args.directory)
+    if args.command == "start":
+        return local.start(args.servers, args.zookeeper)
+    return getattr(local, args.command)()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
