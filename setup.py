@@ -24,13 +24,19 @@ setup(
         "zodburi",
     ],
     extras_require={
-        "test": ["pytest", "zope.testing", "manuel"],
+        "test": ["pytest", "zope.testing", "manuel", "zc.buildout",
+                 "sphinx", "myst-parser"],
     },
     entry_points={
         "console_scripts": [
             "zkzeo-runzeo = replication.runzeo:main",
             "zkrunzeo = zkzeo.server:main",
             "zkzeo = zkzeo.cli:main",
+            "zkzeo-cluster = zkzeo.local:main",
+        ],
+        "zc.buildout": [
+            "server = zkzeo.recipe:Server",
+            "default = zkzeo.recipe:Server",
         ],
         "zodburi.resolvers": [
             "zk = zkzeo.uri:resolve_zk",

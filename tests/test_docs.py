@@ -103,3 +103,11 @@ def test_server_configurations_replicate(tmp_path):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_sphinx_builds_the_docs_without_warnings(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html",
+         os.path.join(ROOT, "docs"), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

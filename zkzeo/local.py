@@ -22,29 +22,11 @@ import sys
 import time
 
 from . import cli
+from .daemon import zdaemon_config
 from .zkserver import ZooKeeperServer, free_port
 
 DEFAULT_DIR = os.path.join("var", "cluster")
 PATH = "/databases/main"
-
-ZDAEMON_CONFIG = """\
-<runner>
-  program {program}
-  socket-name {directory}/zdaemon.sock
-  transcript {directory}/transcript.log
-  directory {directory}
-  daemon true
-  forever false
-  backoff-limit 10
-  start-timeout 60
-  stop-timeout 30
-</runner>
-<eventlog>
-  <logfile>
-    path {directory}/zdaemon.log
-  </logfile>
-</eventlog>
-"""
 
 SERVER_CONFIG = """\
 <zeo>
@@ -112,8 +94,7 @@ class LocalCluster:
         os.makedirs(directory, exist_ok=True)
         conf = os.path.join(directory, "zdaemon.conf")
         with open(conf, "w") as f:
-            f.write(ZDAEMON_CONFIG.format(
-                program=" ".join(program), directory=directory))
+            f.write(zdaemon_config(" ".join(program), directory))
         return conf
 
     def zdaemon(self, name, *command):

@@ -1,0 +1,49 @@
+"""The zc.buildout recipe: a real buildout, offline, with the packages of
+this environment; the generated control script runs a registered server."""
+import os
+import subprocess
+import sys
+
+from tests.support import wait_for
+from tests.zk_servers import Tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_buildout_lays_out_a_server_that_zdaemon_runs(tmp_path, zookeeper,
+                                                     zk_path):
+    (tmp_path / "buildout.cfg").write_text(f"""
+[buildout]
+develop = {ROOT}
+parts = db1
+offline = true
+
+[db1]
+recipe = zkzeo:server
+zookeeper = {zookeeper.address}
+zookeeper-path = {zk_path}
+sync-replicas = 0
+auto-failover = 5
+""")
+    buildout = os.path.join(os.path.dirname(sys.executable), "buildout")
+    result = subprocess.run([buildout, "-c", str(tmp_path / "buildout.cfg")],
+                            cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    conf = (tmp_path / "parts" / "db1" / "zeo.conf").read_text()
+    assert f"path {zk_path}" in conf and "auto-failover 5" in conf
+    control = str(tmp_path / "bin" / "db1")
+    tree = Tree(zookeeper.address, zk_path)
+    try:
+        started = subprocess.run([control, "start"], capture_output=True,
+                                 text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        wait_for(lambda: tree.by_name().get("db1", {}).get("role") ==
+                 "primary", "the buildout's server to register as primary")
+        status = subprocess.run([control, "status"], capture_output=True,
+                                text=True, timeout=60)
+        assert "program running" in status.stdout
+    finally:
+        subprocess.run([control, "stop"], capture_output=True, timeout=120)
+    assert "db1" not in tree.by_name()         # stopped cleanly
+    tree.close()

@@ -1,0 +1,124 @@
+"""``zkzeo:server``: a zc.buildout recipe for one zkrunzeo server.
+
+::
+
+    [db1]
+    recipe = zkzeo:server
+    zookeeper = zk1:2181,zk2:2181,zk3:2181
+    zookeeper-path = /databases/main
+    # optional, with their defaults:
+    server-name = ${:_buildout_section_name_}
+    address = 127.0.0.1:0
+    replicate-to = 127.0.0.1:0
+    file-storage = ${buildout:parts-directory}/${:_buildout_section_name_}/Data.fs
+    blob-dir = ${buildout:parts-directory}/${:_buildout_section_name_}/blobs
+    session-timeout = 10
+    sync-replicas = 0
+    auto-failover =
+    log-file = ${buildout:parts-directory}/${:_buildout_section_name_}/server.log
+
+It writes ``parts/NAME/zeo.conf`` and ``parts/NAME/zdaemon.conf``, a
+``bin/NAME-server`` script (zkrunzeo with this buildout's eggs) and the
+control script ``bin/NAME`` (zdaemon: ``start``, ``stop``, ``status``,
+``restart``, ``fg``...).  ``blob-dir`` empty means no blobs.
+"""
+import os
+
+import zc.buildout
+import zc.buildout.easy_install
+
+from .daemon import zdaemon_config
+
+ZEO_CONF = """\
+<zeo>
+  address {address}
+</zeo>
+<zookeeper>
+  connection {zookeeper}
+  path {zookeeper_path}
+  name {server_name}
+  session-timeout {session_timeout}
+{auto_failover}</zookeeper>
+<replication 1>
+  replicate-from zk:
+  replicate-to {replicate_to}
+  sync-replicas {sync_replicas}
+  <filestorage>
+    path {file_storage}
+{blob_dir}  </filestorage>
+</replication>
+<eventlog>
+  level INFO
+  <logfile>
+    path {log_file}
+    max-size 10MB
+    old-files 5
+    format %(asctime)s %(levelname)s %(name)s %(message)s
+  </logfile>
+</eventlog>
+"""
+
+class Server:
+
+    def __init__(self, buildout, name, options):
+        self.buildout = buildout
+        self.name = name
+        self.options = options
+        for key in ("zookeeper", "zookeeper-path"):
+            if not options.get(key):
+                raise zc.buildout.UserError(
+                    f"[{name}] needs {key} (the ZooKeeper ensemble and the "
+                    "database's path)")
+        part = os.path.join(buildout["buildout"]["parts-directory"], name)
+        options["location"] = part
+        options.setdefault("server-name", name)
+        options.setdefault("address", "127.0.0.1:0")
+        options.setdefault("replicate-to", "127.0.0.1:0")
+        options.setdefault("file-storage", os.path.join(part, "Data.fs"))
+        options.setdefault("blob-dir", os.path.join(part, "blobs"))
+        options.setdefault("session-timeout", "10")
+        options.setdefault("sync-replicas", "0")
+        options.setdefault("auto-failover", "")
+        options.setdefault("log-file", os.path.join(part, "server.log"))
+
+    def install(self):
+        options = self.options
+        part = options["location"]
+        os.makedirs(part, exist_ok=True)
+        zeo_conf = os.path.join(part, "zeo.conf")
+        with open(zeo_conf, "w") as f:
+            f.write(ZEO_CONF.format(
+                address=options["address"],
+                zookeeper=options["zookeeper"],
+                zookeeper_path=options["zookeeper-path"],
+                server_name=options["server-name"],
+                session_timeout=options["session-timeout"],
+                auto_failover=(f"  auto-failover {options['auto-failover']}\n"
+                               if options["auto-failover"] else ""),
+                replicate_to=options["replicate-to"],
+                sync_replicas=options["sync-replicas"],
+                file_storage=options["file-storage"],
+                blob_dir=(f"    blob-dir {options['blob-dir']}\n"
+                          if options["blob-dir"] else ""),
+                log_file=options["log-file"]))
+
+        b = self.buildout["buildout"]
+        executable = b["executable"]
+        ws = zc.buildout.easy_install.working_set(
+            ["zkzeo", "zdaemon"], executable,
+            [b["develop-eggs-directory"], b["eggs-directory"]])
+        bin_dir = b["bin-directory"]
+        server_script = os.path.join(bin_dir, f"{self.name}-server")
+        zdaemon_conf = os.path.join(part, "zdaemon.conf")
+        with open(zdaemon_conf, "w") as f:
+            f.write(zdaemon_config(f"{server_script} -C {zeo_conf}", part))
+        scripts = zc.buildout.easy_install.scripts(
+            [(f"{self.name}-server", "zkzeo.server", "main")], ws,
+            executable, bin_dir)
+        scripts += zc.buildout.easy_install.scripts(
+            [(self.name, "zdaemon.zdctl", "main")], ws, executable, bin_dir,
+            arguments=f"['-C', {zdaemon_conf!r}] + sys.argv[1:]")
+        # Only what we generate: the data in the part stays on uninstall.
+        return [zeo_conf, zdaemon_conf] + list(scripts)
+
+    update = install
