@@ -37,6 +37,7 @@ setup(
         "zc.buildout": [
             "server = zkzeo.recipe:Server",
             "default = zkzeo.recipe:Server",
+            "test = zkzeo.recipe:TestRunner",
         ],
         "zodburi.resolvers": [
             "zk = zkzeo.uri:resolve_zk",

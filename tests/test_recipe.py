@@ -15,8 +15,12 @@ def test_buildout_lays_out_a_server_that_zdaemon_runs(tmp_path, zookeeper,
     (tmp_path / "buildout.cfg").write_text(f"""
 [buildout]
 develop = {ROOT}
-parts = db1
+parts = db1 test
 offline = true
+
+[test]
+recipe = zkzeo:test
+tests = {ROOT}/tests/test_layout.py
 
 [db1]
 recipe = zkzeo:server
@@ -30,6 +34,10 @@ auto-failover = 5
                             cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    tests = subprocess.run([str(tmp_path / "bin" / "test"), "-q"],
+                           capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0 and " passed" in tests.stdout, \
+        tests.stdout + tests.stderr
     conf = (tmp_path / "parts" / "db1" / "zeo.conf").read_text()
     assert f"path {zk_path}" in conf and "auto-failover 5" in conf
     control = str(tmp_path / "bin" / "db1")

@@ -122,3 +122,30 @@ class Server:
         return [zeo_conf, zdaemon_conf] + list(scripts)
 
     update = install
+
+
+class TestRunner:
+    """``zkzeo:test``: ``bin/NAME`` runs pytest on the project's tests with
+    this buildout's eggs (``eggs`` adds more; ``tests`` names the
+    directory, default ``tests``)."""
+
+    def __init__(self, buildout, name, options):
+        self.buildout = buildout
+        self.name = name
+        self.options = options
+        options.setdefault("eggs", "")
+        options.setdefault("tests", os.path.join(
+            buildout["buildout"]["directory"], "tests"))
+
+    def install(self):
+        b = self.buildout["buildout"]
+        eggs = ["zkzeo", "pytest"] + self.options["eggs"].split()
+        ws = zc.buildout.easy_install.working_set(
+            eggs, b["executable"],
+            [b["develop-eggs-directory"], b["eggs-directory"]])
+        return list(zc.buildout.easy_install.scripts(
+            [(self.name, "pytest", "console_main")], ws, b["executable"],
+            b["bin-directory"],
+            initialization=f"sys.argv[1:1] = [{self.options['tests']!r}]"))
+
+    update = install
