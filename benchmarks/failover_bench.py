@@ -258,6 +258,18 @@ class Server:
                               server.name, server.pid)
 
 
+def cleanup(*steps):
+    """Call every step (None: skipped), whatever the others raise."""
+    for step in steps:
+        if step is None:
+            continue
+        try:
+            step()
+        except Exception:
+            log.exception("cleaning up: %r failed", step)
+            progress(f"  (cleaning up: {step!r} failed; see client.log)")
+
+
 class BenchError(Exception):
     """A round could not be measured; the sentence says why."""
 
@@ -368,7 +380,7 @@ class Timeline(threading.Thread):
         self.old = old
         self.t0 = None
         self.events = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def begin(self):
         self.t0 = time.monotonic()
@@ -378,7 +390,7 @@ class Timeline(threading.Thread):
         self.events.setdefault(what, time.monotonic() - self.t0)
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 servers = self.cluster.by_name()
                 state = self.cluster.state()
@@ -392,10 +404,10 @@ class Timeline(threading.Thread):
                     self._note("new primary named")
                     if servers.get(new, {}).get("role") == "primary":
                         self._note("new primary registered")
-            self._stop.wait(0.02)
+            self._halt.wait(0.02)
 
     def finish(self):
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join(5)
         return dict(self.events)
@@ -597,13 +609,8 @@ class Bench:
                      f" the kill; write {t_write:.3f} s after promote "
                      f"({t_promote - t_kill + t_write:.2f} s after the kill)")
         finally:
-            if timeline is not None:
-                timeline.finish()
-            if committer is not None:
-                committer.close()
-            if db is not None:
-                db.close()
-            cluster.stop()
+            cleanup(timeline and timeline.finish, committer and committer.close,
+                    db and db.close, cluster.stop)
 
     # 3 --------------------------------------------------------------------
 
@@ -667,11 +674,8 @@ class Bench:
                      f"{committer.errors or 'none'})")
         finally:
             stop.set()
-            if writer is not None:
-                writer.join(STEP_TIMEOUT)
-            if db is not None:
-                db.close()
-            cluster.stop()
+            cleanup(writer and (lambda: writer.join(STEP_TIMEOUT)),
+                    db and db.close, cluster.stop)
 
     # 4 --------------------------------------------------------------------
 
@@ -712,13 +716,8 @@ class Bench:
                      f" s, {state.get('primary')} named primary "
                      f"{fmt(events.get('new primary named'))} s)")
         finally:
-            if timeline is not None:
-                timeline.finish()
-            if committer is not None:
-                committer.close()
-            if db is not None:
-                db.close()
-            cluster.stop()
+            cleanup(timeline and timeline.finish, committer and committer.close,
+                    db and db.close, cluster.stop)
 
     # ----------------------------------------------------------------------
 
@@ -731,11 +730,17 @@ class Bench:
             for round_no in range(1, self.args.rounds + 1):
                 try:
                     method(round_no)
-                except BenchError as e:
-                    progress(f"  round {round_no}: FAILED: {e}")
+                except Exception as e:
+                    if isinstance(e, BenchError):
+                        text = str(e)
+                    else:
+                        log.exception("%s round %d", label, round_no)
+                        text = f"{type(e).__name__}: {e} (see client.log)"
+                    progress(f"  round {round_no}: FAILED: {text}")
                     for key in keys:
-                        if len(self.results[key]) < round_no:
-                            self.failures[key].append(str(e))
+                        if len(self.results[key]) + \
+                                len(self.failures[key]) < round_no:
+                            self.failures[key].append(text)
 
 
 # --- report --------------------------------------------------------------------
@@ -876,9 +881,47 @@ def fmt_counts(counts):
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
+ENTRY_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)? "
+                         r"(?P<level>[A-Z]+) (?P<logger>\S+) ?(?P<msg>.*)$")
+FLOOD = 50          # a warning seen this often is reported too
+
+
+def log_entries(lines):
+    """(line index, level, logger, message, exception line) per entry: a
+    timestamped line and the lines that follow it (a traceback); lines
+    outside any entry (output.txt) count as entries of their own."""
+    entries = []
+    current = None
+    for i, line in enumerate(lines):
+        m = ENTRY_START.match(line)
+        if m:
+            current = [i, m.group("level"), m.group("logger"),
+                       m.group("msg"), None, False]
+            entries.append(current)
+        elif current is not None and line.strip():
+            if line.startswith("Traceback"):
+                current[5] = True
+            elif current[5] and not line.startswith((" ", "\t")):
+                current[4] = line.strip()      # the exception, last wins
+        elif line.strip():
+            level = "TRACEBACK" if line.startswith("Traceback") else "OUTPUT"
+            current = [i, level, "-", line.strip(), None, line.startswith(
+                "Traceback")]
+            entries.append(current)
+    return [tuple(e[:5]) for e in entries]
+
+
+def normalize(text):
+    text = re.sub(r"/\S*/(?=[^/\s]+)", "", text)      # directories
+    text = re.sub(r"0x[0-9a-f]+|[0-9a-f]{16}", "X", text)
+    return re.sub(r"\d+", "N", text)
+
+
 def scan_logs(rounddirs):
-    """[(file, [matching lines])] of the servers' logs and outputs."""
-    found = []
+    """{(level, logger, message, exception): [(file, line)]} of the
+    errors (ERROR, CRITICAL, tracebacks) and {same: [...]} of the
+    warnings, in the servers' logs and outputs."""
+    errors, warnings = {}, {}
     for rounddir in rounddirs:
         for name in ("s1", "s2", "s3"):
             for fname in ("server.log", "output.txt"):
@@ -889,44 +932,51 @@ def scan_logs(rounddirs):
                         lines = f.read().splitlines()
                 except FileNotFoundError:
                     continue
-                hits = [i for i, line in enumerate(lines)
-                        if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
-                if hits:
-                    found.append((path, lines, hits))
-    return found
+                for i, level, logger, msg, exc in log_entries(lines):
+                    key = (level, logger, normalize(msg)[:110],
+                           normalize(exc)[:110] if exc else None)
+                    if level in ("ERROR", "CRITICAL", "TRACEBACK") or exc:
+                        errors.setdefault(key, []).append((path, i))
+                    elif level == "WARNING":
+                        warnings.setdefault(key, []).append((path, i))
+    return errors, warnings
 
 
 def report_logs(bench, workdir):
-    found = scan_logs(bench.rounddirs)
+    errors, warnings = scan_logs(bench.rounddirs)
+    floods = {k: v for k, v in warnings.items() if len(v) >= FLOOD}
     out()
-    if not found:
+    if not errors:
         out("Server logs: no ERROR, CRITICAL or Traceback.")
     else:
-        out(f"Server logs with ERROR, CRITICAL or Traceback: {len(found)} "
-            f"files (kept in {workdir})")
-        kinds = {}
-        for path, lines, hits in found:
-            for i in hits:
-                line = lines[i]
-                key = re.sub(r"^\S+ \S+ ", "", line)       # the timestamp
-                key = re.sub(r"\d+", "N", key)[:120]
-                kinds.setdefault(key, []).append((path, i))
+        files = {p for where in errors.values() for p, _ in where}
+        out(f"Server logs with ERROR, CRITICAL or Traceback: {len(files)} "
+            f"files of {3 * len(bench.rounddirs)} servers (kept in "
+            f"{workdir}):")
+    for title, kinds in (("", errors),
+                         (f"Warnings logged {FLOOD} times or more:", floods)):
+        if kinds and title:
+            out(title)
         for key, where in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+            level, logger, msg, exc = key
             path, i = where[0]
-            files = len({p for p, _ in where})
-            out(f"- {len(where)}x in {files} file(s), e.g. "
-                f"{os.path.relpath(path, workdir)} line {i + 1}:")
-            lines = dict((p, ls) for p, ls, _ in found)[path]
-            for line in lines[i:i + 4]:
-                out(f"    {line[:160]}")
+            nfiles = len({p for p, _ in where})
+            out(f"- {len(where)}x in {nfiles} file(s), first "
+                f"{os.path.relpath(path, workdir)}:{i + 1}")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                first = f.read().splitlines()[i]
+            first = first.replace(workdir + os.sep, "")
+            out(f"    {first[:200]}")
+            if exc:
+                out(f"    ... {exc[:140]}")
     if CLIENT_WARNINGS.counts:
         out()
-        out("Client-side warnings and errors in this process (expected "
-            "while servers die; full text in client.log):")
+        out("In this process (the clients; expected while servers die or "
+            "change roles; full text in client.log):")
         for (level, name, message), n in sorted(
-                CLIENT_WARNINGS.counts.items(), key=lambda kv: -kv[1])[:12]:
-            out(f"- {n}x {level} {name}: {message}")
-    return bool(found)
+                CLIENT_WARNINGS.counts.items(), key=lambda kv: -kv[1])[:8]:
+            out(f"- {n}x {level} {name}: {message[:110]}")
+    return bool(errors or floods)
 
 
 # --- main ----------------------------------------------------------------------
@@ -1004,4 +1054,16 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        # a client thread left behind (after an error) must not keep this
+        # process alive: every server is stopped already
+        os._exit(status)
+    sys.exit(status)

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from tests.support import wait_for  # noqa: F401  (re-exported for tests)
+from tests.zk_servers import Tree, ZKServer
 from zkzeo.zkserver import ZooKeeperServer
 
 
@@ -42,3 +42,26 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_configure(config):
     os.environ.setdefault("ZKZEO_TESTING", "1")
+
+
+@pytest.fixture
+def tree(zookeeper, zk_path):
+    """The test's ZooKeeper path, read with a real kazoo client."""
+    t = Tree(zookeeper.address, zk_path)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, zookeeper, zk_path):
+    """cluster(name, start=True, **options) -> a ZKServer of the test's
+    path; every one is stopped at the end."""
+    started = []
+
+    def server(name, start=True, **kw):
+        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
+        started.append(s)
+        return s.start() if start else s
+    yield server
+    for s in reversed(started):
+        s.stop()

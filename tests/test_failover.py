@@ -13,24 +13,8 @@ from tests.zk_servers import Tree, ZKServer
 from zkzeo import cli
 
 
-@pytest.fixture
-def tree(zookeeper, zk_path):
-    t = Tree(zookeeper.address, zk_path)
-    yield t
-    t.close()
 
 
-@pytest.fixture
-def cluster(tmp_path, zookeeper, zk_path):
-    started = []
-
-    def server(name, start=True, **kw):
-        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
-        started.append(s)
-        return s.start() if start else s
-    yield server
-    for s in reversed(started):
-        s.stop()
 
 
 def zkzeo_command(*args, capsys=None):

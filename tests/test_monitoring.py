@@ -2,27 +2,17 @@
 and a lagging one are reported."""
 import re
 
-import pytest
 
 from tests.support import wait_for
-from tests.zk_servers import Tree, ZKServer
+from tests.zk_servers import Tree
 from zkzeo import cli
 from zkzeo.discovery import Snapshot
 from zkzeo.layout import ClusterState
 from zkzeo.monitoring import CRITICAL, OK, WARNING, evaluate
 
 
-@pytest.fixture
-def cluster(tmp_path, zookeeper, zk_path):
-    started = []
 
-    def server(name, **kw):
-        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
-        started.append(s)
-        return s.start()
-    yield server
-    for s in reversed(started):
-        s.stop()
+
 
 
 def check(url, *options, capsys):
@@ -77,3 +67,30 @@ def test_check_unknown_when_zookeeper_is_unreachable(capsys):
     assert status == 3
     assert capsys.readouterr().out.startswith("ZKZEO UNKNOWN - could not "
                                               "reach ZooKeeper")
+
+
+def test_check_and_metrics_report_a_lagging_secondary(
+        cluster, tree, zk_url, tmp_path, capsys):
+    # A diverged old primary keeps serving its old data: a secondary that
+    # is registered and answers, but falls further behind with every
+    # commit.
+    from tests.test_failover import lossy_failover
+    s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
+                                         capsys)
+    s1.start()
+    wait_for(lambda: "divergent history" in s1.output(),
+             "the old primary to stop as a diverged secondary")
+    import zkzeo
+    db = zkzeo.DB(zk_url, wait_timeout=60)
+    with db.transaction() as conn:
+        conn.root.after = 1
+    db.close()
+    status, out = check(zk_url, "--lag-warning", "0.5", "--lag-critical",
+                        "600", capsys=capsys)
+    assert status == WARNING, out
+    assert re.search(r"s1 is \d+\.\ds behind", out)
+    assert cli.main(["metrics", zk_url, "--once"]) == 0
+    text = capsys.readouterr().out
+    lag = float(re.search(r'zkzeo_lag_seconds\{[^}]*name="s1"[^}]*\} '
+                          r'([0-9.]+)', text).group(1))
+    assert lag >= 0.5

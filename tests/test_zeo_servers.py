@@ -1,11 +1,9 @@
 """End to end: real runzeo processes, ZEO clients, SIGKILL and restarts."""
 import os
-import time
 
 import pytest
 import transaction
 import ZEO
-import ZODB.blob
 from ZODB.FileStorage import FileStorage
 
 from tests.replication_support import assert_same_history, blob

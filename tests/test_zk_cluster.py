@@ -1,6 +1,5 @@
 """ZooKeeper registration and discovery with real zkrunzeo processes."""
 import logging
-import os
 
 import pytest
 import transaction
@@ -12,30 +11,14 @@ from ZODB.FileStorage import FileStorage
 import zkzeo
 from tests.replication_support import assert_same_history
 from tests.support import replica_db, wait_for
-from tests.zk_servers import Tree, ZKServer
+from tests.zk_servers import ZKServer
 from zkzeo.layout import LayoutError
 from zkzeo.zk import ZooKeeperUnreachable
 from zkzeo.zkserver import ZooKeeperServer, free_port
 
 
-@pytest.fixture
-def tree(zookeeper, zk_path):
-    t = Tree(zookeeper.address, zk_path)
-    yield t
-    t.close()
 
 
-@pytest.fixture
-def cluster(tmp_path, zookeeper, zk_path):
-    started = []
-
-    def server(name, **kw):
-        s = ZKServer(tmp_path, name, zookeeper.address, zk_path, **kw)
-        started.append(s)
-        return s.start()
-    yield server
-    for s in reversed(started):
-        s.stop()
 
 
 def connected_address(storage):

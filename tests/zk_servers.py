@@ -144,3 +144,4 @@ class Tree:
     def close(self):
         self.zk.stop()
         self.zk.close()
+
