@@ -34,6 +34,8 @@ def test_check_reports_a_killed_secondary(cluster, zk_url, zk_path,
     text = capsys.readouterr().out
     assert re.search(r'zkzeo_primary\{.*name="s1".*\} 1', text)
     assert re.search(r'zkzeo_up\{.*name="s2".*\} 1', text)
+    assert re.search(r'zkzeo_secondaries\{.*\} 2', text)
+    assert re.search(r'zkzeo_commits_total\{.*name="s1".*\} \d+', text)
     s2.kill()
     tree = Tree(zookeeper.address, zk_path)
     wait_for(lambda: "s2" not in tree.by_name(), "s2's node to expire")

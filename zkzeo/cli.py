@@ -118,6 +118,7 @@ def status_rows(cluster):
             "lag_seconds": lag,
             # not counting the connection that asked
             "clients": max(0, status["connections"] - 1) if status else None,
+            "commits": status.get("commits") if status else None,
             "frozen": "frozen_tid" in server.extra,
         })
     return snapshot, rows

@@ -92,10 +92,17 @@ def metrics_text(cluster):
         "# TYPE zkzeo_lag_seconds gauge",
         "# HELP zkzeo_clients ZEO client connections.",
         "# TYPE zkzeo_clients gauge",
+        "# HELP zkzeo_commits_total Commits through this ZEO server since "
+        "it started.",
+        "# TYPE zkzeo_commits_total counter",
         "# HELP zkzeo_cluster_epoch The cluster state's epoch.",
         "# TYPE zkzeo_cluster_epoch gauge",
         f'zkzeo_cluster_epoch{{path="{snapshot.path}"}} '
         f"{snapshot.state.epoch}",
+        "# HELP zkzeo_secondaries Live secondaries (registered, answering).",
+        "# TYPE zkzeo_secondaries gauge",
+        f'zkzeo_secondaries{{path="{snapshot.path}"}} '
+        f"{sum(1 for r in rows if r['role'] == 'secondary' and r['reachable'])}",
     ]
     for r in rows:
         labels = (f'path="{snapshot.path}",name="{r["name"]}",'
@@ -112,6 +119,8 @@ def metrics_text(cluster):
                          f"{r['lag_seconds']:.3f}")
         if r["clients"] is not None:
             lines.append(f"zkzeo_clients{{{labels}}} {r['clients']}")
+        if r["commits"] is not None:
+            lines.append(f"zkzeo_commits_total{{{labels}}} {r['commits']}")
     return "\n".join(lines) + "\n"
 
 
