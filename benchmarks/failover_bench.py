@@ -35,7 +35,8 @@ Usage::
 
 Progress goes to stderr, figures to stdout.  Every process is stopped at the
 end, also on Ctrl-C or SIGTERM (the servers also get SIGTERM from Linux when
-this process dies: PR_SET_PDEATHSIG).  Server logs are searched for ERROR,
+this process dies: PR_SET_PDEATHSIG; the ZooKeeper process does not, should
+this process be SIGKILLed).  Server logs are searched for ERROR,
 CRITICAL and Traceback; the work directory is kept when they hold any.
 """
 import argparse
@@ -65,6 +66,7 @@ from zkzeo.zkserver import ZooKeeperServer
 
 SERVER_START_TIMEOUT = 60.0
 STEP_TIMEOUT = 60.0          # any single wait in a round
+WRITE_TIMEOUT = 30.0         # for the first write after a change of primary
 RETRY_PAUSE = 0.005          # between failed reads / commits
 MAXTID = b"\xff" * 8
 SETTLE_AFTER_SWITCHOVER = 1.0   # writer keeps going this long after it
@@ -111,7 +113,7 @@ class WarningCounter(logging.Handler):
 CLIENT_WARNINGS = WarningCounter()
 
 
-# --- server processes ----------------------------------------------------------
+# --- server processes --------------------------------------------------------
 
 # The child asks Linux for SIGTERM when this process dies, then runs
 # zkrunzeo's main (what `zkrunzeo -C zeo.conf` and
@@ -452,8 +454,8 @@ class Committer:
             if self.commit():
                 return time.monotonic() - t0
             if time.monotonic() > deadline:
-                raise BenchError(f"no successful commit within {timeout:.0f}s"
-                                 f" (errors: {self.errors})")
+                raise BenchError(f"no successful commit within {timeout:.0f} s"
+                                 f" (errors: {fmt_counts(self.errors)})")
             time.sleep(RETRY_PAUSE)
 
     def close(self):
@@ -587,7 +589,11 @@ class Bench:
             t_promote = time.monotonic()
             thread = threading.Thread(target=run_promote, daemon=True)
             thread.start()
-            t_write = committer.commit_until_success(t_promote)
+            try:
+                t_write = committer.commit_until_success(t_promote,
+                                                         WRITE_TIMEOUT)
+            except BenchError:
+                t_write = None
             thread.join(STEP_TIMEOUT)
             events = timeline.finish()
             if thread.is_alive():
@@ -596,6 +602,15 @@ class Bench:
                 raise BenchError(f"zkzeo promote failed "
                                  f"({promote['status']}):\n"
                                  f"{promote['output']}")
+            if t_write is None:
+                said = last_line_matching(promote["output"], "accepts writes")
+                raise BenchError(
+                    f"no successful commit within {WRITE_TIMEOUT:.0f} s of "
+                    f"'zkzeo promote', which succeeded ({said.strip()}): the "
+                    f"fallback client stayed read-only (connected "
+                    f"{storage.is_connected()}, read-only "
+                    f"{storage.isReadOnly()}; errors "
+                    f"{fmt_counts(committer.errors)})")
             self.results["promote"].append(t_write)
             self.extra["promote"].append({
                 "from_kill": t_promote - t_kill + t_write,
@@ -609,8 +624,9 @@ class Bench:
                      f" the kill; write {t_write:.3f} s after promote "
                      f"({t_promote - t_kill + t_write:.2f} s after the kill)")
         finally:
-            cleanup(timeline and timeline.finish, committer and committer.close,
-                    db and db.close, cluster.stop)
+            cleanup(timeline and timeline.finish,
+                    committer and committer.close, db and db.close,
+                    cluster.stop)
 
     # 3 --------------------------------------------------------------------
 
@@ -700,7 +716,22 @@ class Bench:
             t_kill = time.monotonic()
             timeline.begin()
             cluster.servers["s1"].kill()
-            t_write = committer.commit_until_success(t_kill)
+            try:
+                t_write = committer.commit_until_success(
+                    t_kill, 10 + WRITE_TIMEOUT)
+            except BenchError:
+                events = timeline.finish()
+                state = cluster.state()
+                named = events.get("new primary registered")
+                raise BenchError(
+                    f"no successful commit within {10 + WRITE_TIMEOUT:.0f} s"
+                    f" of the kill, although {state.get('primary')} "
+                    + (f"registered as primary {named:.1f} s after it"
+                       if named is not None else "was named primary")
+                    + f": the fallback client stayed read-only (connected "
+                    f"{storage.is_connected()}, read-only "
+                    f"{storage.isReadOnly()}; errors "
+                    f"{fmt_counts(committer.errors)})") from None
             # let the timeline see the registration if it has not yet
             wait_until(lambda: "new primary registered" in timeline.events,
                        "the new primary to register as primary")
@@ -716,8 +747,9 @@ class Bench:
                      f" s, {state.get('primary')} named primary "
                      f"{fmt(events.get('new primary named'))} s)")
         finally:
-            cleanup(timeline and timeline.finish, committer and committer.close,
-                    db and db.close, cluster.stop)
+            cleanup(timeline and timeline.finish,
+                    committer and committer.close, db and db.close,
+                    cluster.stop)
 
     # ----------------------------------------------------------------------
 
@@ -743,7 +775,7 @@ class Bench:
                             self.failures[key].append(text)
 
 
-# --- report --------------------------------------------------------------------
+# --- report ------------------------------------------------------------------
 
 def median_max(values):
     if not values:
@@ -767,14 +799,19 @@ def report(bench, args):
         f"{args.session_timeout:g} s")
     out()
     table = [("scenario", "median s", "max s", "target", "verdict",
-              "rounds")]
+              "rounds ok")]
     for title, key, target_text in rows:
         values = r[key]
         med, mx = median_max(values)
         target = TARGETS[key]
         n = len(values) + len(bench.failures[key])
-        if not values:
+        failed = len(bench.failures[key])
+        if n == 0:
+            verdict = "not run"
+        elif not values:
             verdict = "FAILED"
+        elif failed:
+            verdict = f"FAILED in {failed}/{n}"
         elif target is None:
             verdict = "-"
         elif mx <= target:
@@ -784,8 +821,7 @@ def report(bench, args):
             verdict = f"over in {over}/{len(values)}"
         else:
             verdict = "OVER"
-        rounds = f"{len(values)}/{n}" + (" ok" if not bench.failures[key]
-                                         else " ok, rest failed")
+        rounds = f"{len(values)}/{n}"
         table.append((title, fmt(med), fmt(mx), target_text, verdict,
                       rounds))
     widths = [max(len(row[i]) for row in table) for i in range(6)]
@@ -979,7 +1015,7 @@ def report_logs(bench, workdir):
     return bool(errors or floods)
 
 
-# --- main ----------------------------------------------------------------------
+# --- main --------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1003,13 +1039,22 @@ def parse_args(argv=None):
     return args
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
+_interrupted = []
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C or SIGTERM: stop the run once; a second signal must not
+    interrupt the cleanup that stops the servers."""
+    if not _interrupted:
+        _interrupted.append(signum)
+        raise KeyboardInterrupt
 
 
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    # also when started in the background, where SIGINT comes ignored
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
         workdir = tempfile.mkdtemp(prefix="failover-bench-",
@@ -1037,6 +1082,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         progress("interrupted: stopping every process")
         keep = True
+        if bench is not None and any(bench.results.values()):
+            out("(interrupted: figures of the rounds done so far)")
+            report(bench, args)
         return 130
     finally:
         Server.stop_all()
@@ -1056,6 +1104,8 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         status = main()
+    except SystemExit as e:             # --help, usage errors
+        status = e.code if isinstance(e.code, int) else int(e.code is not None)
     except BaseException:
         traceback.print_exc()
         status = 1

@@ -6,8 +6,9 @@ extended through ``ZEOServer``'s hooks:
 
 * it logs the address the ZEO server really listens on, so that
   ``address :0`` (an OS-assigned port) is usable;
-* its StorageServer answers a client's quick cache verification only for a
-  tid that is in this server's history.  After a failover that lost
+* its StorageServer forgets the connections it closes itself (ZEO 6 keeps
+  sending them invalidations), and answers a client's quick cache
+  verification only for a tid that is in this server's history.  After a failover that lost
   transactions, a client whose cache holds data of a lost transaction T
   would otherwise get the invalidations of the new history after T and keep
   T's stale objects for ever; told "unknown", it drops its cache instead.
@@ -40,6 +41,20 @@ class StorageServer(ZEO.StorageServer.StorageServer):
                 "will drop its cache", tid.hex(), storage_id)
             return None, []
         return super().get_invalidations(storage_id, tid)
+
+    def _invalidateCache(self, storage_id):
+        # ZEO closes every connection of the storage so clients register
+        # again (we use it on every role change).  ZEO 6 forgets a
+        # connection only when the *client* closes it: one the server closed
+        # would stay registered, receive every invalidation ("socket.send()
+        # raised exception") and count as a client.  So forget them too.
+        self._setup_invq(storage_id, self.storages[storage_id])
+        for zs in self.zeo_storages_by_storage_id[storage_id][:]:
+            zs.call_soon_threadsafe(self._drop_connection, zs)
+
+    def _drop_connection(self, zs):
+        zs.connection.close()
+        self.close_conn(zs)
 
 
 def create_server(storages, options):

@@ -112,7 +112,16 @@ class ZooKeeperClientStorage(ClientStorage):
 
     def _servers_changed(self, snapshot):
         addresses = self._wanted(snapshot)
-        if addresses != getattr(self, "_zk_addresses", None):
+        primary = snapshot.primary
+        leader = (primary.address, snapshot.state.epoch) if primary else None
+        # A new primary can leave the list as it was (it was a secondary in
+        # it already); a fallback client connected read-only must still be
+        # told, or ZEO never tries for a writable connection again.
+        new_leader = leader is not None and \
+            leader != getattr(self, "_zk_leader", None)
+        self._zk_leader = leader
+        if addresses != getattr(self, "_zk_addresses", None) or (
+                new_leader and self._mode == FALLBACK):
             self._zk_addresses = addresses
             logger.info("%s: ZEO servers %s", self.zookeeper_url,
                         ", ".join("%s:%s" % a for a in addresses) or "none")
