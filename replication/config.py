@@ -7,7 +7,7 @@ import ZConfig
 from ZODB.FileStorage import FileStorage
 
 from .address import AddressError, parse_address
-from .storage import PrimaryStorage, SecondaryStorage
+from .storage import ReplicatedStorage
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +56,31 @@ class ReplicationConfig:
             return self.open_secondary(c.replicate_from)
         return self.open_primary()
 
+    def options(self):
+        """Every setting of the section, for either role: a server of a
+        cluster changes role while it runs and must keep them all."""
+        c = self.config
+        return dict(
+            replicate_to=c.replicate_to, keep_alive_delay=c.keep_alive_delay,
+            sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,
+            sync_block=c.sync_block, replicate_blobs=c.replicate_blobs,
+            reconnect_max=c.reconnect_max_delay, reopen=c.base.open,
+            rewind_divergent=c.rewind_divergent)
+
     def open_primary(self):
         c = self.config
         if not c.replicate_to:
             raise ZConfig.ConfigurationError(
                 f"replication section {self.name or ''}".strip() +
                 ": a primary needs replicate-to")
-        return self._open(lambda base, name: PrimaryStorage(
-            base, c.replicate_to, keep_alive_delay=c.keep_alive_delay,
-            sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,
-            sync_block=c.sync_block, replicate_blobs=c.replicate_blobs,
-            name=name))
+        return self._open(lambda base, name: ReplicatedStorage(
+            base, name=name, **self.options()))
 
     def open_secondary(self, source):
         """A secondary of ``source``: an address, or a callable returning
         the current one (or None while there is none)."""
-        c = self.config
-        return self._open(lambda base, name: SecondaryStorage(
-            base, source, replicate_to=c.replicate_to,
-            keep_alive_delay=c.keep_alive_delay,
-            replicate_blobs=c.replicate_blobs, name=name,
-            reconnect_max=c.reconnect_max_delay, reopen=c.base.open,
-            rewind_divergent=c.rewind_divergent))
+        return self._open(lambda base, name: ReplicatedStorage(
+            base, replicate_from=source, name=name, **self.options()))
 
     def _open(self, wrap):
         c = self.config

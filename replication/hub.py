@@ -82,10 +82,6 @@ class Hub:
         self.loop.run_callback_threadsafe(gevent.spawn, run)
         return future.result(timeout)
 
-    def spawn_threadsafe(self, func, *args):
-        """Start func(*args) in a greenlet on the hub; do not wait."""
-        self.loop.run_callback_threadsafe(gevent.spawn, func, *args)
-
     def watcher(self, callback):
         def make():
             w = self.loop.async_()

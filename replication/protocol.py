@@ -319,15 +319,6 @@ class FrameReader:
             self.pos = 0
         self.buffer += data
 
-    def needed(self):
-        """How many more bytes the next frame needs (0 if one is ready)."""
-        avail = len(self.buffer) - self.pos
-        if avail < FRAME_HEADER.size:
-            return FRAME_HEADER.size - avail
-        length, _ = FRAME_HEADER.unpack_from(self.buffer, self.pos)
-        self._check_length(length)
-        return max(0, FRAME_HEADER.size - 1 + length - avail)
-
     def _check_length(self, length):
         if length == 0:
             raise ProtocolError("zero-length frame")

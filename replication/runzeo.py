@@ -33,12 +33,14 @@ class StorageServer(ZEO.StorageServer.StorageServer):
 
     def get_invalidations(self, storage_id, tid):
         storage = self.storages[storage_id]
+        base = getattr(storage, "base", storage)   # FileStorage's own lock
         if tid > storage.lastTransaction() or \
-                transaction_digest(storage, tid) is None:
+                transaction_digest(base, tid) is None:
             logger.warning(
                 "a client's cache is at transaction %s, which is not in the "
-                "history of storage %r (lost in a failover?): the client "
-                "will drop its cache", tid.hex(), storage_id)
+                "history of storage %r (lost in a failover, or packed "
+                "away): the client will drop its cache", tid.hex(),
+                storage_id)
             return None, []
         return super().get_invalidations(storage_id, tid)
 
@@ -53,8 +55,10 @@ class StorageServer(ZEO.StorageServer.StorageServer):
             zs.call_soon_threadsafe(self._drop_connection, zs)
 
     def _drop_connection(self, zs):
+        # notify_disconnected aborts the connection's transaction (freeing
+        # the storage's commit lock) and forgets the connection.
         zs.connection.close()
-        self.close_conn(zs)
+        zs.notify_disconnected()
 
 
 def create_server(storages, options):

@@ -262,7 +262,14 @@ class Follower:
                 delay = min(delay * 2, self.reconnect_max)
                 continue
             self.peer = address
-            address = parse_address(address)
+            last_before = self.storage.lastTransaction()
+            try:
+                address = parse_address(address)
+            except ValueError as e:
+                self.problem = f"bad source address {source!r}: {e}"
+                _adapter(self.name, "?").error("%s", self.problem)
+                gevent.sleep(self.reconnect_max)
+                continue
             peer = format_address(address)
             log = _adapter(self.name, peer)
             try:
@@ -316,27 +323,29 @@ class Follower:
                 self.problem = f"{type(e).__name__}: {e}"
                 log.exception("replication error")
             finally:
-                was_following = self.state is State.FOLLOWING
-                if was_following:
+                if self.state is State.FOLLOWING:
                     self.state = State.CONNECTING
                 self.connected_since = None
             sock.close()
-            delay = self.reconnect_min if was_following else \
+            # Start again quickly only after a session that got somewhere;
+            # a failure that repeats after the handshake backs off too.
+            progressed = self.storage.lastTransaction() != last_before
+            delay = self.reconnect_min if progressed else \
                 min(delay * 2, self.reconnect_max)
             gevent.sleep(delay)
 
-    def _session(self, sock, log):
-        last_tid = self.storage.lastTransaction()
-        digest = transaction_digest(self.storage, last_tid)
+    def _hello_flags(self):
+        return protocol.WANT_BLOBS if self.want_blobs else 0
+
+    def _handshake(self, sock, tid, flags):
+        """Say HELLO for our transaction ``tid``; return (the source's
+        protocol version, its answer: WELCOME or REFUSE, the reader)."""
+        digest = transaction_digest(self.storage, tid)
         if digest is None:
-            raise RuntimeError(f"cannot read own last transaction "
-                               f"{last_tid.hex()}")
-        flags = protocol.WANT_BLOBS if self.want_blobs else 0
-        if self.install is not None and is_empty(self.storage):
-            flags |= protocol.CAN_SNAPSHOT
+            raise RuntimeError(f"cannot read own transaction {tid.hex()}")
         sock.settimeout(CONNECT_TIMEOUT)
         sock.sendall(protocol.preamble() + Hello(
-            self.epoch(), last_tid, digest, flags, self.name).encode())
+            self.epoch(), tid, digest, flags, self.name).encode())
         reader = protocol.FrameReader()
         buf = b""
         while len(buf) < protocol.PREAMBLE_SIZE:
@@ -347,7 +356,14 @@ class Follower:
             buf += data
         version = protocol.parse_preamble(buf[:protocol.PREAMBLE_SIZE])
         reader.feed(buf[protocol.PREAMBLE_SIZE:])
-        answer = self._next_message(sock, reader)
+        return version, self._next_message(sock, reader), reader
+
+    def _session(self, sock, log):
+        last_tid = self.storage.lastTransaction()
+        flags = self._hello_flags()
+        if self.install is not None and is_empty(self.storage):
+            flags |= protocol.CAN_SNAPSHOT
+        version, answer, reader = self._handshake(sock, last_tid, flags)
         if isinstance(answer, Refuse):
             reason = protocol.REFUSE_NAMES.get(answer.code, answer.code)
             if answer.code == protocol.DIVERGENT:
@@ -381,21 +397,9 @@ class Follower:
         has too (asking it as a new connection would), or None."""
         for entry in self.storage.undoLog(0, -depth):
             tid = base64.decodebytes(entry["id"])   # undoLog's encoding
-            digest = transaction_digest(self.storage, tid)
             sock = _connect(address)
             try:
-                sock.settimeout(CONNECT_TIMEOUT)
-                sock.sendall(protocol.preamble() + Hello(
-                    self.epoch(), tid, digest, 0, self.name).encode())
-                reader = protocol.FrameReader()
-                data = b""
-                while len(data) < protocol.PREAMBLE_SIZE:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise EOFError("source closed the connection")
-                    data += chunk
-                reader.feed(data[protocol.PREAMBLE_SIZE:])
-                answer = self._next_message(sock, reader)
+                _, answer, _ = self._handshake(sock, tid, self._hello_flags())
             finally:
                 sock.close()
             if isinstance(answer, Welcome):

@@ -14,6 +14,7 @@ import bisect
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 
@@ -28,8 +29,8 @@ from .hub import get_hub
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .snapshot import can_snapshot, send_snapshot
-from .records import BlobRef, Tail, encode_transaction, next_tid, \
-    open_iterator, transaction_digest
+from .records import BlobRef, Tail, encode_transaction, is_blob_storage, \
+    next_tid, open_iterator, transaction_digest
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class Source:
         addr = self.requested_address
         if isinstance(addr, str):
             if os.path.exists(addr):
+                if not stat.S_ISSOCK(os.stat(addr).st_mode):
+                    raise OSError(f"replicate-to {addr} exists and is not a "
+                                  "socket; not removing it")
                 os.unlink(addr)  # a stale socket of an earlier run
             sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
@@ -191,6 +195,19 @@ class Source:
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
 
+    def reset(self, storage):
+        """Serve ``storage`` (a reopened, maybe rewound file) from now on:
+        forget positions and encoded transactions of the old one."""
+        def reset():
+            self.storage = storage
+            self._tail = Tail(storage)
+            self._clear_recent()
+            self._last_tid = storage.lastTransaction()
+            self._notified = None
+            for s in list(self.secondaries):
+                s.sock.close()     # they reconnect and are checked again
+        self.hub.call(reset)
+
     def _clear_recent(self):
         self._recent, self._recent_tids, self._recent_bytes = [], [], 0
         self._recent_base = None
@@ -208,7 +225,7 @@ class Source:
             self._recent.append(enc)
             self._recent_tids.append(enc.tid)
             self._recent_bytes += enc.size
-        if self._recent_bytes > RECENT_BYTES:
+        if self._recent_bytes > RECENT_BYTES and len(self._recent) > 1:
             drop = len(self._recent) // 2
             self._recent_bytes -= sum(e.size for e in self._recent[:drop])
             self._recent_base = self._recent_tids[drop - 1]
@@ -222,7 +239,7 @@ class Source:
         if not tids:
             return None
         if after == self._recent_base:
-            return self._recent
+            return self._recent[:]     # a trim must not shift what is sent
         i = bisect.bisect_right(tids, after)
         if i > 0 and tids[i - 1] == after:
             return self._recent[i:]
@@ -293,11 +310,17 @@ class Source:
                     sock, self.storage,
                     self.send_blobs and hello.flags & protocol.WANT_BLOBS,
                     log)
-            self._send_loop(secondary, hello.flags)
+            self._send_loop(secondary)
         finally:
             acks.kill()
 
     def _check_history(self, hello):
+        if self.send_blobs and is_blob_storage(self.storage) and \
+                not hello.flags & protocol.WANT_BLOBS:
+            return Refuse(protocol.NOT_READY,
+                          "this source streams blob files but the secondary "
+                          "does not take them (replicate-blobs off, or no "
+                          "blob-dir): set replicate-blobs alike on both")
         if hello.epoch > self.epoch():
             return Refuse(protocol.STALE_EPOCH,
                           f"this source is at epoch {self.epoch()}, the "
@@ -314,7 +337,8 @@ class Source:
             return Refuse(protocol.DIVERGENT,
                           f"the secondary's last transaction "
                           f"{hello.tid.hex()} is not in this source's "
-                          "history")
+                          "history (a transaction the source never had, or "
+                          "one a pack of the source removed)")
         if digest != hello.digest:
             return Refuse(protocol.DIVERGENT,
                           f"transaction {hello.tid.hex()} differs between "
@@ -353,7 +377,7 @@ class Source:
             secondary.end_reason = (logging.INFO, f"connection ended: {e}")
         sock.close()
 
-    def _send_loop(self, secondary, flags):
+    def _send_loop(self, secondary):
         sock = secondary.sock
         catchup = None
         while True:
@@ -371,7 +395,7 @@ class Source:
             if recent:
                 catchup = _close(catchup)
                 for enc in recent:
-                    self._send_transaction(sock, enc)
+                    self._send_batch(sock, [enc])
                     secondary.sent_tid = enc.tid
                 continue
             # Catching up through the storage iterator.
@@ -393,7 +417,7 @@ class Source:
                 # The iterator ended before _last_tid (a concurrent commit
                 # it did not see yet); start a fresh one.
                 catchup = None
-                gevent.sleep(0)
+                gevent.sleep(0.01)
                 continue
             self._send_batch(sock, pending)
             secondary.sent_tid = pending[-1].tid
@@ -411,9 +435,6 @@ class Source:
                     buf.append(part)
         if buf:
             sock.sendall(b"".join(buf))
-
-    def _send_transaction(self, sock, enc):
-        self._send_batch(sock, [enc])
 
 
 def _send_blob(sock, ref):

@@ -220,7 +220,7 @@ class ReplicatedStorage(StorageProxy):
         self.fenced = False
         self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
-        self._lock = threading.RLock()
+        self._role_lock = threading.RLock()
         if reopen is None and snapshot.can_snapshot(base):
             reopen = _filestorage_reopener(base)
         self._reopen = reopen
@@ -256,7 +256,7 @@ class ReplicatedStorage(StorageProxy):
 
     def become_primary(self, epoch):
         """Stop following, accept writes (in ``epoch``)."""
-        with self._lock:
+        with self._role_lock:
             if self.source is None:
                 raise ValueError(f"{self.name} cannot become primary: it "
                                  "has no replicate-to address")
@@ -272,7 +272,7 @@ class ReplicatedStorage(StorageProxy):
 
     def become_secondary(self, source, epoch):
         """Refuse writes and follow ``source`` (in ``epoch``)."""
-        with self._lock:
+        with self._role_lock:
             self.role = Role.SECONDARY
             self.epoch = max(self.epoch, epoch)
             if self.follower is not None:
@@ -434,8 +434,7 @@ class ReplicatedStorage(StorageProxy):
             new.registerDB(self._db)
             self._db.invalidateCache()
         if self.source is not None:
-            self.source.storage = new
-            self.source.notify_commit()
+            self.source.reset(new)
         return new
 
     def registerDB(self, db):

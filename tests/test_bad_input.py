@@ -155,7 +155,7 @@ def test_same_tid_with_different_content_is_divergent(cluster, primary):
         # final record's last data byte before the trailing length.
         f.seek(len(data) - 9)
         f.write(bytes([data[-9] ^ 0xFF]))
-    secondary = cluster.secondary(primary, name=name, blobs=False)
+    secondary = cluster.secondary(primary, name=name)
     wait_for(lambda: secondary.follower.state is State.DIVERGED,
              "the secondary to find its history divergent")
     assert f"transaction {last.hex()} differs" in secondary.follower.problem

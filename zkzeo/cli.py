@@ -70,7 +70,7 @@ class Cluster:
 
     def set_state(self, state, version):
         try:
-            self.zk.set(self.path, state.to_bytes(), version=version)
+            return self.zk.set(self.path, state.to_bytes(), version=version)
         except BadVersionError:
             raise CommandError(
                 "the cluster state changed while this command ran (another "
@@ -226,8 +226,9 @@ def cmd_switchover(cluster, args):
     else:
         target, _ = most_up_to_date(cluster, snapshot, secondaries)
     start = time.monotonic()
-    cluster.set_state(ClusterState(old.name, state.epoch, handover=target),
-                      snapshot.state_version)
+    handover = cluster.set_state(
+        ClusterState(old.name, state.epoch, handover=target),
+        snapshot.state_version)
     try:
         say(f"{old.name} stops accepting commits")
         frozen = cluster.wait(
@@ -240,9 +241,10 @@ def cmd_switchover(cluster, args):
             lambda: (probe.server_status(target_address, 2.0) or {}).get(
                 "last-transaction", "") >= frozen,
             f"{target} catching up with {frozen}", args.timeout)
-        current = cluster.snapshot()
+        # Against the handover's own version: if the primary gave up the
+        # handover meanwhile (and took writes again), this must fail.
         cluster.set_state(ClusterState(target, state.epoch + 1),
-                          current.state_version)
+                          handover.version)
     except BaseException:
         current = cluster.snapshot()
         if current.state.handover:
@@ -280,7 +282,9 @@ def parser():
                                 "change of primary")
     switchover.add_argument("url")
     switchover.add_argument("--to", metavar="NAME")
-    switchover.add_argument("--timeout", type=float, default=60.0)
+    switchover.add_argument("--timeout", type=float, default=20.0,
+                            help="give up (and give the primary back) after "
+                            "this; below the primary's own 30 s limit")
     switchover.set_defaults(func=cmd_switchover)
     from .monitoring import add_commands
     add_commands(sub)

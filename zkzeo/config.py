@@ -45,9 +45,6 @@ class ZooKeeperConfig:
         where = os.path.abspath(configfile) if configfile else os.getcwd()
         return f"{socket.gethostname()}:{where}"
 
-    def url(self):
-        return f"zk://{self.connection}{self.path}"
-
 
 class ZooKeeperClientStorageConfig(ClientStorageConfig):
     """<zkzeoclient>: ZEO's <clientstorage> with servers from ZooKeeper."""

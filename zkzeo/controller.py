@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import BadVersionError
 from kazoo.protocol.states import KazooState
 
 from . import ha
@@ -67,14 +67,12 @@ class Controller:
         self._wake.set()
 
     def _session_ok(self):
-        if self._session_lost:
-            return False
-        if self._suspended_at is None:
-            return True
-        # kazoo reports no LOST while no ensemble member answers: fence on
-        # our own clock once the session must have expired.
-        return time.monotonic() - self._suspended_at < \
-            self.config.session_timeout
+        # kazoo reports SUSPENDED only some 2/3 of the session timeout after
+        # it last heard from ZooKeeper, and no LOST at all while no ensemble
+        # member answers; the session may expire (and another server be
+        # promoted) a third of the timeout later.  So a primary stops
+        # writing as soon as the connection is suspended.
+        return not self._session_lost and self._suspended_at is None
 
     def me(self, snapshot):
         now = time.monotonic()
@@ -107,11 +105,14 @@ class Controller:
             if self._stopping:
                 break
             snapshot = self.view.snapshot
-            info = self.registration.info
-            if self.storage.epoch != info.epoch and self._session_ok():
-                # a secondary that followed a promotion says so
-                self.registration.publish(
-                    info.with_(epoch=self.storage.epoch))
+            try:
+                info = self.registration.info
+                if self.storage.epoch != info.epoch and self._session_ok():
+                    # a secondary that followed a promotion says so
+                    self.registration.publish(
+                        info.with_(epoch=self.storage.epoch))
+            except Exception as e:
+                logger.warning("could not publish the epoch: %s", e)
             action, sentence = ha.decide(snapshot, self.me(snapshot))
             if action == ha.NOTHING:
                 if sentence != last_sentence:
@@ -131,14 +132,24 @@ class Controller:
 
     def _promote(self, snapshot):
         self.storage.become_primary(snapshot.state.epoch)
-        self.registration.update(self.registration.info.with_(
-            role=PRIMARY, epoch=snapshot.state.epoch))
+        self.registration.update(self._fresh_info(PRIMARY, snapshot))
 
     def _demote(self, snapshot):
+        # Let a commit in flight finish (or fail at vote) first.
+        self.storage.fenced = True
+        with self.storage.base._commit_lock:
+            pass
         self.storage.become_secondary(self.replication_source,
                                       snapshot.state.epoch)
-        self.registration.update(self.registration.info.with_(
-            role=SECONDARY, epoch=snapshot.state.epoch))
+        self.registration.update(self._fresh_info(SECONDARY, snapshot))
+
+    def _fresh_info(self, role, snapshot):
+        # A new role starts without the facts of the old one (a frozen
+        # tid, a tid published for an election).
+        info = self.registration.info
+        extra = {k: v for k, v in info.extra.items()
+                 if k not in ("frozen_tid", "last_tid")}
+        return info.with_(role=role, epoch=snapshot.state.epoch, extra=extra)
 
     def _follow(self, snapshot):
         self.storage.follower.retarget()
@@ -184,15 +195,9 @@ class Controller:
             return                        # someone else acted
         candidates = []
         for server in fresh.servers:
-            if server.role != SECONDARY:
-                continue
-            try:
-                data, _ = self.zk.get(f"{self.view.path}/{server.child}")
-            except NoNodeError:
-                continue
-            tid = _published_tid(data)
-            if tid is not None:
-                candidates.append((server.name, tid))
+            tid = server.extra.get("last_tid")
+            if server.role == SECONDARY and tid:
+                candidates.append((server.name, bytes.fromhex(tid)))
         if not ha.elect(candidates, self.name):
             logger.info("%s is not the most up-to-date secondary; another "
                         "one takes over", self.name)
@@ -210,10 +215,3 @@ class Controller:
         self.view.refresh()
         self._wake.set()
 
-
-def _published_tid(data):
-    import json
-    try:
-        return bytes.fromhex(json.loads(data)["last_tid"])
-    except (ValueError, KeyError, TypeError):
-        return None

@@ -69,20 +69,28 @@ class Registration:
             old, self.info = self.info, info
             if self._closed:
                 return
-            if old.child != info.child:
-                self._delete(f"{self.path}/{old.child}")
-                self.node = f"{self.path}/{info.child}"
-            self._delete(self.node)
-            self.client.retry(self._register)
+            try:
+                if old.child != info.child:
+                    self._delete(f"{self.path}/{old.child}")
+                    self.node = f"{self.path}/{info.child}"
+                self._delete(self.node)
+                self.client.retry(self._register)
+            except Exception as e:
+                # Not registered now: try again from kazoo's side, and on
+                # the next reconnection.
+                logger.warning("could not register %s again (%s); retrying",
+                               self.node, e)
+                self._lost = True
+                self.client.handler.spawn(self._reregister)
 
     def publish(self, info):
         """New data in the same node (no children event): for facts that
         only readers of this node need, like a frozen last tid."""
         with self._lock:
-            self.info = info
             if not self._closed:
                 self.client.retry(self.client.set, self.node,
                                   info.to_bytes())
+            self.info = info     # only once it is there
 
     def _delete(self, node):
         try:

@@ -129,6 +129,10 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
         self.registration.register()
         replicated = [s for s in self.storages.values()
                       if isinstance(s, ReplicatedStorage)]
+        if len(replicated) > 1:
+            raise SystemExit("zkrunzeo serves one replicated storage (one "
+                             "database per ZooKeeper path); run one server "
+                             "per database")
         if replicated:
             self.controller = Controller(
                 self.zk, self.view, self.registration, replicated[0], config,
