@@ -204,7 +204,10 @@ def test_old_epoch_primary_is_fenced_when_replaced(cluster, tree, zk_url,
     wait_for(lambda: tree.by_name()["s1"]["role"] == "secondary",
              "the old primary to step down")
     assert "steps down" in s1.output()
-    commit(writer, a=2)        # the client followed the new primary
+    wait_for(lambda: writer.storage.is_connected() and
+             not writer.storage.isReadOnly(),
+             "the client to follow the new primary")
+    commit(writer, a=2)
     wait_for(lambda: last_tid(s1) == last_tid(s2),
              "the old primary to follow the new one")
     writer.close()
@@ -284,6 +287,9 @@ def test_automatic_failover(cluster, tree, zk_url):
     assert new in ("s2", "s3")
     wait_for(lambda: tree.by_name().get(new, {}).get("role") == "primary",
              "the new primary to register as primary")
+    wait_for(lambda: db.storage.is_connected() and
+             not db.storage.isReadOnly(),
+             "the fallback client to get a read-write connection")
     commit(db, x=2)
     db.close()
 
