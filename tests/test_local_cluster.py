@@ -39,6 +39,7 @@ def test_start_demo_stop(tmp_path):
                  if line.startswith("s") and "127.0.0.1:" in line]
         assert sorted(row[2] for row in table) == [
             "primary", "secondary", "secondary"]
+        assert [row[-2] for row in table] == ["0.000s"] * 3   # caught up
         for name in ("s1", "s2", "s3"):
             status = subprocess.run(
                 [sys.executable, "-m", "zdaemon", "-C",

@@ -123,6 +123,7 @@ class LocalCluster:
         for name in state["servers"]:
             self.start_server(state, name)
         say(f"applications use: {self.url(state)}")
+        self.create_root(state)
         self.wait_caught_up(state)
         return cli.main(["status", self.url(state)])
 
@@ -154,6 +155,12 @@ class LocalCluster:
         self.wait(lambda: os.path.exists(log) and
                   "registered" in open(log).read(), f"{name} to register")
         say(f"{name} running under zdaemon ({directory})")
+
+    def create_root(self, state):
+        """Open the database once: a new one gets its root object (its
+        first transaction), which the secondaries then replicate."""
+        import zkzeo
+        zkzeo.DB(self.url(state), wait_timeout=60).close()
 
     def wait_caught_up(self, state, timeout=120):
         cluster = cli.Cluster(self.url(state))
