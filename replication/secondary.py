@@ -253,13 +253,9 @@ class Follower:
             source = self.source_address
             address = source() if callable(source) else source
             if address is None:
-                problem = "no source to replicate from is known yet"
-                if problem != self.problem:
-                    _adapter(self.name, "?").warning("%s; waiting", problem)
-                self.state = State.CONNECTING
-                self.problem = problem
-                gevent.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max)
+                delay = self._wait_to_retry(
+                    "no source to replicate from is known yet",
+                    _adapter(self.name, "?"), delay)
                 continue
             self.peer = address
             last_before = self.storage.lastTransaction()
@@ -275,15 +271,8 @@ class Follower:
             try:
                 sock = _connect(address)
             except OSError as e:
-                problem = f"cannot connect to {peer}: {e}"
-                # Say it once; repeating it every few seconds helps nobody.
-                (log.debug if problem == self.problem else log.warning)(
-                    "cannot connect (%s); retrying every %.1fs at most", e,
-                    self.reconnect_max)
-                self.state = State.CONNECTING
-                self.problem = problem
-                gevent.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max)
+                delay = self._wait_to_retry(
+                    f"cannot connect to {peer}: {e}", log, delay)
                 continue
             self._sock = sock
             try:
@@ -333,6 +322,16 @@ class Follower:
             delay = self.reconnect_min if progressed else \
                 min(delay * 2, self.reconnect_max)
             gevent.sleep(delay)
+
+    def _wait_to_retry(self, problem, log, delay):
+        """Record why we are not following, say it once (repeating it every
+        few seconds helps nobody), wait; return the next, longer delay."""
+        (log.debug if problem == self.problem else log.warning)(
+            "%s; retrying every %.1fs at most", problem, self.reconnect_max)
+        self.state = State.CONNECTING
+        self.problem = problem
+        gevent.sleep(delay)
+        return min(delay * 2, self.reconnect_max)
 
     def _hello_flags(self):
         return protocol.WANT_BLOBS if self.want_blobs else 0

@@ -87,3 +87,57 @@ def replica_db(storage, at_least=b"\0" * 8):
     except BaseException:
         storage.close()
         raise
+
+
+class ServerProcess:
+    """A server process of the tests, in its own directory (Data.fs and
+    blobs there); start() again after stop() or kill() (each start logs to
+    a new file).  Subclasses write the configuration and say what a
+    started server prints."""
+
+    module = None          # run as: python -m MODULE -C CONFIG
+    log_name = "server"
+
+    def __init__(self, directory, name):
+        self.name = name
+        self.directory = os.path.join(str(directory), name)
+        os.makedirs(self.directory, exist_ok=True)
+        self.path = os.path.join(self.directory, "Data.fs")
+        self.blobs = os.path.join(self.directory, "blobs")
+        self.process = None
+        self.starts = 0
+
+    def write_config(self):
+        raise NotImplementedError
+
+    def launch(self):
+        self.starts += 1
+        self.process = Process(
+            [PYTHON, "-m", self.module, "-C", self.write_config()],
+            os.path.join(self.directory,
+                         f"{self.log_name}-{self.starts}.log"),
+            env={"PYTHONPATH": os.pathsep.join(sys.path)})
+
+    def check_alive(self):
+        if not self.process.alive():
+            raise AssertionError(
+                f"{self.module} {self.name} exited:\n{self.output()}")
+        return True
+
+    def output(self):
+        return self.process.output()
+
+    def kill(self):
+        self.process.kill()
+
+    def pause(self):
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self):
+        if self.process is not None:
+            if self.process.alive():
+                self.resume()
+            self.process.stop()

@@ -146,9 +146,9 @@ def test_switchover_under_write_load_loses_nothing(cluster, tree, zk_url,
 
 def test_sync_replicas_lose_no_acknowledged_commit(cluster, tree, zk_url,
                                                    capsys):
-    s1 = cluster("s1", replication_extra="  sync-replicas 1\n"
-                 "  sync-timeout 30")
-    cluster("s2", replication_extra="  sync-replicas 1\n  sync-timeout 30")
+    sync = {"sync-replicas": 1, "sync-timeout": 30}
+    s1 = cluster("s1", replication_options=sync)
+    cluster("s2", replication_options=sync)
     wait_for(lambda: "secondary connected" in s1.output(),
              "the secondary to connect to the primary")
     dbs = [zkzeo.DB(zk_url, wait_timeout=60) for _ in range(3)]
@@ -272,10 +272,10 @@ def test_lossy_failover_leaves_clients_correct_and_old_primary_stopped(
 
 
 def test_automatic_failover(cluster, tree, zk_url):
-    extra = "  auto-failover 1.0"
-    s1 = cluster("s1", zk_extra=extra)
-    cluster("s2", zk_extra=extra)
-    cluster("s3", zk_extra=extra)
+    extra = {"auto-failover": 1.0}
+    s1 = cluster("s1", zookeeper_options=extra)
+    cluster("s2", zookeeper_options=extra)
+    cluster("s3", zookeeper_options=extra)
     db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
     commit(db, x=1)
     wait_for(lambda: all(v["role"] for v in tree.by_name().values()),
@@ -299,7 +299,7 @@ def test_rewind_keeps_the_divergent_file_and_replicates(
     s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
                                          capsys)
     before = open(s1.path, "rb").read()
-    s1.replication_extra = "  rewind-divergent true"
+    s1.replication_options["rewind-divergent"] = "true"
     s1.start()
     wait_for(lambda: "rewound" in s1.output(), "the old primary to rewind")
     aside = f"{s1.path}.divergent-{lost.hex()}"

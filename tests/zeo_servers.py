@@ -2,9 +2,8 @@
 import ast
 import os
 import re
-import sys
 
-from tests.support import Process, wait_for
+from tests.support import ServerProcess, wait_for
 from zkzeo.zkserver import free_port
 
 CONFIG = """\
@@ -32,24 +31,21 @@ CONFIG = """\
 """
 
 
-class ZEOServer:
+class ZEOServer(ServerProcess):
     """One runzeo process; start() again after stop() or kill()."""
+
+    module = "replication.runzeo"
+    log_name = "zeo"
 
     def __init__(self, directory, name, replicate_to=None,
                  replicate_from=None, **keys):
-        self.directory = os.path.join(str(directory), name)
-        os.makedirs(self.directory, exist_ok=True)
-        self.name = name
-        self.path = os.path.join(self.directory, "Data.fs")
-        self.blobs = os.path.join(self.directory, "blobs")
+        ServerProcess.__init__(self, directory, name)
         self.replicate_to = replicate_to
         self.replicate_from = replicate_from
         self.keys = keys
-        self.process = None
         self.address = None
-        self.starts = 0
 
-    def config(self):
+    def write_config(self):
         keys = dict(self.keys)
         if self.replicate_to:
             keys["replicate-to"] = self.replicate_to
@@ -65,33 +61,14 @@ class ZEOServer:
         return path
 
     def start(self):
-        self.starts += 1
-        log = os.path.join(self.directory, f"zeo-{self.starts}.log")
-        self.process = Process(
-            [sys.executable, "-m", "replication.runzeo", "-C", self.config()], log,
-            env={"PYTHONPATH": os.pathsep.join(sys.path)})
+        self.launch()
         match = wait_for(
-            lambda: self._check_alive() and re.search(
-                r"ZEO server listening on (\('[^']*', \d+\))", self.process.output()),
+            lambda: self.check_alive() and re.search(
+                r"ZEO server listening on (\('[^']*', \d+\))",
+                self.output()),
             f"ZEO server {self.name} to listen", timeout=60)
         self.address = ast.literal_eval(match.group(1))
         return self
-
-    def _check_alive(self):
-        if not self.process.alive():
-            raise AssertionError(
-                f"ZEO server {self.name} exited:\n{self.process.output()}")
-        return True
-
-    def output(self):
-        return self.process.output()
-
-    def kill(self):
-        self.process.kill()
-
-    def stop(self):
-        if self.process is not None:
-            self.process.stop()
 
 
 def replication_address():

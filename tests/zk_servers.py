@@ -1,113 +1,47 @@
 """Real zkrunzeo processes for the tests, and a kazoo client to look."""
 import json
 import os
-import signal
-import sys
 
 from kazoo.client import KazooClient
 
-from tests.support import Process, wait_for
+from tests.support import ServerProcess, wait_for
+from zkzeo.conffiles import server_config
 
-CONFIG = """\
-<zeo>
-  address 127.0.0.1:0
-</zeo>
-<zookeeper>
-  connection {connection}
-  path {path}
-  name {name}
-  session-timeout {session_timeout}
-  bootstrap {bootstrap}
-{zk_extra}
-</zookeeper>
-<replication 1>
-  replicate-from zk:
-  replicate-to 127.0.0.1:0
-  keep-alive-delay 0.5
-  reconnect-max-delay 0.3
-{replication_extra}
-  <filestorage>
-    path {directory}/Data.fs
-    blob-dir {directory}/blobs
-  </filestorage>
-</replication>
-<eventlog>
-  level INFO
-  <logfile>
-    path STDOUT
-    format %(asctime)s %(levelname)s %(name)s %(message)s
-  </logfile>
-</eventlog>
-"""
+class ZKServer(ServerProcess):
+    """A zkrunzeo process of the test's ZooKeeper path."""
 
-
-class ZKServer:
-    """A zkrunzeo process; start() again after stop() or kill()."""
+    module = "zkzeo.server"
 
     def __init__(self, directory, name, connection, path,
-                 session_timeout=2.0, bootstrap=True, zk_extra="",
-                 replication_extra=""):
-        self.name = name
-        self.directory = os.path.join(str(directory), name)
-        os.makedirs(self.directory, exist_ok=True)
-        self.path = os.path.join(self.directory, "Data.fs")
-        self.blobs = os.path.join(self.directory, "blobs")
+                 session_timeout=2.0, bootstrap=True, zookeeper_options=None,
+                 replication_options=None):
+        ServerProcess.__init__(self, directory, name)
         self.connection = connection
         self.zk_path = path
         self.session_timeout = session_timeout
-        self.bootstrap = bootstrap
-        self.zk_extra = zk_extra
-        self.replication_extra = replication_extra
-        self.process = None
-        self.starts = 0
+        self.zookeeper_options = dict(zookeeper_options or {},
+                                      bootstrap=str(bootstrap).lower())
+        self.replication_options = {"keep-alive-delay": 0.5,
+                                    "reconnect-max-delay": 0.3}
+        self.replication_options.update(replication_options or {})
 
     def write_config(self):
         conf = os.path.join(self.directory, "zeo.conf")
         with open(conf, "w") as f:
-            f.write(CONFIG.format(
-                connection=self.connection, path=self.zk_path,
-                name=self.name, session_timeout=self.session_timeout,
-                bootstrap=str(self.bootstrap).lower(),
-                zk_extra=self.zk_extra,
-                replication_extra=self.replication_extra,
-                directory=self.directory))
+            f.write(server_config(
+                self.connection, self.zk_path, self.name, self.path,
+                blob_dir=self.blobs, session_timeout=self.session_timeout,
+                zookeeper_options=self.zookeeper_options,
+                replication_options=self.replication_options))
         return conf
 
     def start(self, wait=True):
-        self.starts += 1
-        self.process = Process(
-            [sys.executable, "-m", "zkzeo.server", "-C", self.write_config()],
-            os.path.join(self.directory, f"server-{self.starts}.log"),
-            env={"PYTHONPATH": os.pathsep.join(sys.path)})
+        self.launch()
         if wait:
-            wait_for(lambda: self._check_alive() and
+            wait_for(lambda: self.check_alive() and
                      "registered" in self.output(),
                      f"zkrunzeo {self.name} to register in ZooKeeper")
         return self
-
-    def _check_alive(self):
-        if not self.process.alive():
-            raise AssertionError(
-                f"zkrunzeo {self.name} exited:\n{self.output()}")
-        return True
-
-    def output(self):
-        return self.process.output()
-
-    def kill(self):
-        self.process.kill()
-
-    def pause(self):
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self):
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self):
-        if self.process is not None:
-            if self.process.alive():
-                self.resume()
-            self.process.stop()
 
 
 class Tree:

@@ -22,42 +22,11 @@ import sys
 import time
 
 from . import cli
-from .daemon import zdaemon_config
+from .conffiles import server_config, zdaemon_config
 from .zkserver import ZooKeeperServer, free_port
 
 DEFAULT_DIR = os.path.join("var", "cluster")
 PATH = "/databases/main"
-
-SERVER_CONFIG = """\
-<zeo>
-  address 127.0.0.1:0
-</zeo>
-<zookeeper>
-  connection {zookeeper}
-  path {path}
-  name {name}
-  session-timeout 4
-</zookeeper>
-<replication 1>
-  replicate-from zk:
-  replicate-to 127.0.0.1:0
-  reconnect-max-delay 1
-  <filestorage>
-    path {directory}/Data.fs
-    blob-dir {directory}/blobs
-  </filestorage>
-</replication>
-<eventlog>
-  level INFO
-  <logfile>
-    path {directory}/server.log
-    max-size 10MB
-    old-files 5
-    format %(asctime)s %(levelname)s %(name)s %(message)s
-  </logfile>
-</eventlog>
-"""
-
 
 def say(text):
     print(text, flush=True)
@@ -144,9 +113,13 @@ class LocalCluster:
         os.makedirs(directory, exist_ok=True)
         conf = os.path.join(directory, "zeo.conf")
         with open(conf, "w") as f:
-            f.write(SERVER_CONFIG.format(
-                zookeeper=state["zookeeper"], path=state["path"], name=name,
-                directory=directory))
+            f.write(server_config(
+                state["zookeeper"], state["path"], name,
+                file_storage=os.path.join(directory, "Data.fs"),
+                blob_dir=os.path.join(directory, "blobs"),
+                log_file=os.path.join(directory, "server.log"),
+                session_timeout=4,
+                replication_options={"reconnect-max-delay": 1}))
         self.write_daemon(name, [sys.executable, "-m", "zkzeo.server",
                                  "-C", conf])
         if not self.running(name):

@@ -27,36 +27,7 @@ import os
 import zc.buildout
 import zc.buildout.easy_install
 
-from .daemon import zdaemon_config
-
-ZEO_CONF = """\
-<zeo>
-  address {address}
-</zeo>
-<zookeeper>
-  connection {zookeeper}
-  path {zookeeper_path}
-  name {server_name}
-  session-timeout {session_timeout}
-{auto_failover}</zookeeper>
-<replication 1>
-  replicate-from zk:
-  replicate-to {replicate_to}
-  sync-replicas {sync_replicas}
-  <filestorage>
-    path {file_storage}
-{blob_dir}  </filestorage>
-</replication>
-<eventlog>
-  level INFO
-  <logfile>
-    path {log_file}
-    max-size 10MB
-    old-files 5
-    format %(asctime)s %(levelname)s %(name)s %(message)s
-  </logfile>
-</eventlog>
-"""
+from .conffiles import server_config, zdaemon_config
 
 class Server:
 
@@ -87,20 +58,18 @@ class Server:
         os.makedirs(part, exist_ok=True)
         zeo_conf = os.path.join(part, "zeo.conf")
         with open(zeo_conf, "w") as f:
-            f.write(ZEO_CONF.format(
-                address=options["address"],
-                zookeeper=options["zookeeper"],
-                zookeeper_path=options["zookeeper-path"],
-                server_name=options["server-name"],
-                session_timeout=options["session-timeout"],
-                auto_failover=(f"  auto-failover {options['auto-failover']}\n"
-                               if options["auto-failover"] else ""),
-                replicate_to=options["replicate-to"],
-                sync_replicas=options["sync-replicas"],
+            f.write(server_config(
+                options["zookeeper"], options["zookeeper-path"],
+                options["server-name"],
                 file_storage=options["file-storage"],
-                blob_dir=(f"    blob-dir {options['blob-dir']}\n"
-                          if options["blob-dir"] else ""),
-                log_file=options["log-file"]))
+                blob_dir=options["blob-dir"], log_file=options["log-file"],
+                address=options["address"],
+                replicate_to=options["replicate-to"],
+                session_timeout=options["session-timeout"],
+                zookeeper_options={"auto-failover": options["auto-failover"]}
+                if options["auto-failover"] else None,
+                replication_options={
+                    "sync-replicas": options["sync-replicas"]}))
 
         b = self.buildout["buildout"]
         executable = b["executable"]

@@ -1,0 +1,78 @@
+"""The configuration files zkzeo writes: a zkrunzeo server's zeo.conf and
+the zdaemon.conf of a process it runs (a server, or ZooKeeper).  Used by the
+local cluster (``local.py``) and the buildout recipe (``recipe.py``)."""
+
+ZDAEMON_CONF = """\
+<runner>
+  program {program}
+  socket-name {directory}/zdaemon.sock
+  transcript {directory}/transcript.log
+  directory {directory}
+  daemon true
+  backoff-limit 10
+  start-timeout 60
+  stop-timeout 30
+</runner>
+<eventlog>
+  <logfile>
+    path {directory}/zdaemon.log
+  </logfile>
+</eventlog>
+"""
+
+SERVER_CONF = """\
+<zeo>
+  address {address}
+</zeo>
+<zookeeper>
+  connection {zookeeper}
+  path {path}
+  name {name}
+  session-timeout {session_timeout}
+{zookeeper_extra}</zookeeper>
+<replication 1>
+  replicate-from zk:
+  replicate-to {replicate_to}
+{replication_extra}  <filestorage>
+    path {file_storage}
+{blob_dir}  </filestorage>
+</replication>
+<eventlog>
+  level INFO
+  <logfile>
+    path {log_file}
+{rotation}    format %(asctime)s %(levelname)s %(name)s %(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+def zdaemon_config(program, directory):
+    """The text of a zdaemon.conf that runs ``program`` (a command line)
+    with its socket, transcript and log in ``directory``."""
+    return ZDAEMON_CONF.format(program=program, directory=directory)
+
+
+def _keys(options):
+    return "".join(f"  {key} {value}\n" for key, value in options.items())
+
+
+def server_config(zookeeper, path, name, file_storage, blob_dir=None,
+                  log_file="STDOUT", address="127.0.0.1:0",
+                  replicate_to="127.0.0.1:0", session_timeout=10,
+                  zookeeper_options=None, replication_options=None):
+    """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
+    (``replicate-from zk:``).  The options dicts add keys to the
+    ``<zookeeper>`` and ``<replication>`` sections.  A log file (not
+    STDOUT) is rotated by ZConfig: 10 MB, five old files."""
+    return SERVER_CONF.format(
+        address=address, zookeeper=zookeeper, path=path, name=name,
+        session_timeout=session_timeout,
+        zookeeper_extra=_keys(zookeeper_options or {}),
+        replicate_to=replicate_to,
+        replication_extra=_keys(replication_options or {}),
+        file_storage=file_storage,
+        blob_dir=f"    blob-dir {blob_dir}\n" if blob_dir else "",
+        log_file=log_file,
+        rotation="" if log_file == "STDOUT" else
+        "    max-size 10MB\n    old-files 5\n")
