@@ -6,13 +6,18 @@ All replication I/O -- a source's stream server and its per-secondary
 connections, a secondary's stream client -- runs as greenlets on one gevent
 hub in a thread of its own, written as straight-line blocking code.  ZEO's
 threads (the server's asyncio loop, committing clients) never touch those
-greenlets or sockets.  They cross into the hub in exactly two ways:
+greenlets.  They cross into the hub in exactly two ways:
 
 * ``Hub.call(func, *args)`` runs ``func`` in a new greenlet on the hub and
   waits for its result (start/stop of servers and clients);
 * ``Hub.watcher(callback)`` returns a ``Wakeup`` whose ``send()`` is safe from
   any thread and runs ``callback`` on the hub (gevent's async watcher); a
   primary uses it to say "a commit finished".
+
+One shortcut skips the hub: a committing thread writes a new transaction
+straight to the sockets of the secondaries that follow live, without
+blocking, through each connection's ``Outbox`` (``outbox.py``); it wakes
+the hub only when a socket did not take everything.
 
 Going the other way, the hub only sets ``threading`` primitives (a
 Condition for synchronous replication) and calls storage methods.  No

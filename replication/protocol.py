@@ -22,13 +22,18 @@ Conversation
     preamble, HELLO(last tid, digest of   ->
       that transaction, epoch, flags, name)
                                           <- preamble, WELCOME(source last tid,
-                                               epoch)    or REFUSE(reason)
+                                               epoch, flags) or REFUSE(reason)
                                           <- TXN, RECORD..., [CHUNK...], END
                                              (one group per transaction,
                                               oldest first, catch-up then live)
                                           <- HEARTBEAT(source last tid, epoch)
                                              when idle for keep-alive-delay
-    ACK(last durable tid)                 ->  after commits, and when idle
+    ACK(last durable tid)                 ->  every keep-alive-delay, and
+                                              after commits: at once when
+                                              WELCOME set ACK_EACH (the
+                                              source has synchronous
+                                              replicas), else at most every
+                                              ACK_INTERVAL seconds
 
 Snapshot: a secondary whose FileStorage is empty sets ``CAN_SNAPSHOT`` in
 HELLO.  The source may then answer WELCOME with a byte copy of its Data.fs
@@ -71,7 +76,7 @@ the history proof in HELLO.
 Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
 
     HELLO      epoch:u64 tid:8 digest:32 flags:u16 name_len:u16 name
-    WELCOME    epoch:u64 last_tid:8
+    WELCOME    epoch:u64 last_tid:8 flags:u16
     REFUSE     code:u8 message(utf-8)
     TXN        tid:8 status:1 user_len:u16 desc_len:u16 ext_len:u32
                user desc ext
@@ -90,7 +95,7 @@ import struct
 from collections import namedtuple
 
 MAGIC = b"ZKZR"
-VERSION = 1
+VERSION = 2         # 2: WELCOME has flags
 PREAMBLE = struct.Struct(">4sH")
 PREAMBLE_SIZE = PREAMBLE.size
 
@@ -107,6 +112,10 @@ NO_DIGEST = b"\0" * DIGEST_SIZE
 # HELLO flags
 WANT_BLOBS = 1
 CAN_SNAPSHOT = 2   # empty FileStorage: a byte copy of the source's file is ok
+
+# WELCOME flags
+ACK_EACH = 1       # acknowledge every transaction at once (synchronous mode)
+ACK_INTERVAL = 0.05  # otherwise at most this often (seconds) while streaming
 
 # RECORD flags
 HAS_DATA = 1      # data is not None (None: creation undone)
@@ -175,7 +184,7 @@ def _message(name, tag, fields, layout):
     return Message
 
 
-Welcome = _message("Welcome", ord("W"), "epoch last_tid", "Q8s")
+Welcome = _message("Welcome", ord("W"), "epoch last_tid flags", "Q8sH")
 End = _message("End", ord("E"), "tid digest", "8s32s")
 Heartbeat = _message("Heartbeat", ord("B"), "epoch last_tid", "Q8s")
 Ack = _message("Ack", ord("A"), "tid", "8s")

@@ -6,12 +6,15 @@ A transaction read from a storage iterator is encoded once into
 chunks (so a blob is never whole in memory and never encoded twice).
 """
 import os
+import struct
 from collections import namedtuple
 
 import ZODB.blob
 import ZODB.interfaces
 from ZODB.FileStorage import FileStorage
 from ZODB.FileStorage.FileStorage import FileIterator
+from ZODB.FileStorage.format import (DATA_HDR, DATA_HDR_LEN, TRANS_HDR,
+                                     TRANS_HDR_LEN)
 from ZODB.utils import p64, u64
 
 from . import protocol
@@ -108,33 +111,53 @@ class Tail:
     """The transactions a storage gained since the last read.
 
     For a FileStorage it remembers the file position just after the last
-    transaction read, and the file's identity (a pack puts a new file in
-    place), so reading what a commit added is a seek and a read: no search,
-    and no wait for FileStorage's lock, which a commit holds through its
-    fsync.  Reading stops at ``end``, the committed size the committer saw,
-    because the next transaction may be half written.  In every other case
-    (first read, after a pack, other storages) it uses open_iterator.
+    transaction read, and which file object that position belongs to (a
+    pack puts a new file in place), so reading what a commit added is one
+    ``pread`` of the committed bytes, parsed in memory: no search, no
+    iterator, and no wait for FileStorage's lock, which a commit holds
+    through its fsync.  Reading stops at ``end``, the committed size the
+    committer saw, because the next transaction may be half written.  In
+    every other case (first read, after a pack, back pointers, other
+    storages) it uses open_iterator.
     """
 
     def __init__(self, storage):
         self.storage = storage
-        self.tid = self.pos = self.ino = None
+        self.tid = self.pos = self.file = None
+
+    def read_committed(self, after, end):
+        """The transactions between tid ``after`` and file position ``end``
+        from memory, or None when only the iterator can read them."""
+        storage = self.storage
+        file = getattr(storage, "_file", None)
+        if (end is None or not isinstance(storage, FileStorage)
+                or self.tid != after or self.pos is None
+                or file is None or file is not self.file):
+            return None
+        try:
+            data = os.pread(file.fileno(), end - self.pos, self.pos)
+        except (OSError, ValueError):       # closed meanwhile
+            return None
+        txns = parse_committed(data, self.pos)
+        if txns is None or len(data) != end - self.pos:
+            return None
+        if txns:
+            self.tid, self.pos = txns[-1].tid, end
+        return txns
 
     def read(self, after, last, end=None):
         """Yield the transactions after tid ``after``, up to ``last``."""
         storage = self.storage
-        pos = self.pos
-        fast = (end is not None and self.tid == after and pos is not None
-                and isinstance(storage, FileStorage)
-                and _inode(storage.getName()) == self.ino)
+        file = getattr(storage, "_file", None)    # before a pack swaps it
+        txns = self.read_committed(after, end)
+        if txns is not None:
+            yield from txns
+            return
         self.tid = self.pos = None          # valid again only when done
-        if fast:
-            it = FileIterator(storage.getName(), pos=pos)
-        else:
-            it = open_iterator(storage, next_tid(after), last)
+        it = open_iterator(storage, next_tid(after), last)
         try:
             tid = after
-            while not fast or it._pos < end:
+            while True:
                 txn = next(it, None)
                 if txn is None:
                     break
@@ -144,19 +167,75 @@ class Tail:
                                      f"{tid.hex()}")
                 tid = txn.tid
                 yield txn
-            if isinstance(storage, FileStorage):
+            if isinstance(it, FileIterator):
                 # FileIterator's position after the last transaction read
-                self.tid, self.pos = tid, it._pos
-                self.ino = _inode(storage.getName())
+                self.tid, self.pos, self.file = tid, it._pos, file
         finally:
             _close_iterator(it)
 
 
-def _inode(path):
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
+class CommittedTransaction(namedtuple(
+        "CommittedTransaction",
+        "tid status user description extension_bytes records")):
+    """A transaction parsed from FileStorage bytes; iterates its records
+    like a storage iterator's transaction."""
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self.records)
+
+
+CommittedRecord = namedtuple("CommittedRecord", "oid tid data data_txn")
+
+_TXN_HEADER = struct.Struct(TRANS_HDR)
+_DATA_HEADER = struct.Struct(DATA_HDR)
+_LENGTH = struct.Struct(">Q")
+
+
+def parse_committed(data, offset):
+    """Parse whole committed FileStorage transactions from ``data``, the
+    file's bytes from position ``offset``.
+
+    Returns None for anything the storage iterator must read instead: a
+    back pointer (undo), a status other than committed or packed, or bytes
+    that are not whole, consistent transactions.
+    """
+    txns = []
+    pos, size = 0, len(data)
+    while pos < size:
+        if pos + TRANS_HDR_LEN > size:
+            return None
+        tid, tlen, status, ulen, dlen, elen = _TXN_HEADER.unpack_from(
+            data, pos)
+        tend = pos + tlen
+        if status not in b" p" or tend + 8 > size or \
+                _LENGTH.unpack_from(data, tend)[0] != tlen:
+            return None
+        p = pos + TRANS_HDR_LEN
+        user = data[p:p + ulen]
+        p += ulen
+        desc = data[p:p + dlen]
+        p += dlen
+        ext = data[p:p + elen]
+        p += elen
+        records = []
+        while p < tend:
+            if p + DATA_HDR_LEN > tend:
+                return None
+            oid, serial, _prev, tloc, vlen, plen = _DATA_HEADER.unpack_from(
+                data, p)
+            if tloc != offset + pos or vlen or not plen or serial != tid:
+                return None             # back pointer, or not ours to read
+            p += DATA_HDR_LEN
+            if p + plen > tend:
+                return None
+            records.append(CommittedRecord(oid, serial, data[p:p + plen],
+                                           None))
+            p += plen
+        txns.append(CommittedTransaction(tid, status, user, desc, ext,
+                                         records))
+        pos = tend + 8
+    return txns
 
 
 def _close_iterator(it):

@@ -208,6 +208,7 @@ class Follower:
         self.peer = None           # the source address in use
         self._greenlet = None
         self._sock = None
+        self._ack_delay = 0.0      # set from the source's WELCOME
 
     @property
     def source(self):
@@ -383,6 +384,10 @@ class Follower:
         self.seen_epoch(answer.epoch)
         self.source_epoch = answer.epoch
         self.source_last_tid = answer.last_tid
+        # A source with synchronous replicas waits for our ACKs; any other
+        # hears from us at most every ACK_INTERVAL while data streams in.
+        self._ack_delay = 0.0 if answer.flags & protocol.ACK_EACH else \
+            min(protocol.ACK_INTERVAL, self.keep_alive_delay)
         self.state = State.FOLLOWING
         self.problem = None
         self.connected_since = time.time()
@@ -423,19 +428,13 @@ class Follower:
     def _receive(self, sock, reader, log):
         pending = None       # PendingTransaction being received
         snapshot = None      # SnapshotReceiver while a byte copy arrives
-        last_tid = self.storage.lastTransaction()
-        acked = last_tid
+        last_tid = self._acked = self.storage.lastTransaction()
         self._last_sent = self._last_received = time.monotonic()
         view = memoryview(bytearray(4 << 20))
         try:
             while True:
                 message = reader.next()
                 if message is None:
-                    if acked != last_tid:
-                        # Nothing more buffered: tell the source where we
-                        # are (one ACK per burst, not one per transaction).
-                        self._send(sock, Ack(last_tid))
-                        acked = last_tid
                     n = self._recv_into(sock, view, last_tid)
                     reader.feed(view[:n])
                     continue
@@ -517,20 +516,24 @@ class Follower:
                 snapshot.abort()
 
     def _recv_into(self, sock, view, last_tid):
-        """Receive into view; meanwhile send an ACK heartbeat every
-        keep-alive-delay (even while data flows, so the source always hears
-        from us) and give up on a source silent for too long."""
+        """Receive into view (everything buffered is applied).  Meanwhile
+        ACK ``last_tid`` when it is due (see ``_ack_delay``), and at least
+        every keep-alive-delay even while data flows, so the source always
+        hears from us; give up on a source silent for too long."""
         silence = self.keep_alive_delay * 3 + 1
         while True:
             now = time.monotonic()
-            if now - self._last_sent >= self.keep_alive_delay:
+            delay = self._ack_delay if self._acked != last_tid else \
+                self.keep_alive_delay
+            if now - self._last_sent >= delay:
                 self._send(sock, Ack(last_tid))
+                self._acked = last_tid
+                delay = self.keep_alive_delay
             quiet = now - self._last_received
             if quiet >= silence:
                 raise ConnectionError(
                     f"no word from the source for {quiet:.1f}s")
-            wait = min(self._last_sent + self.keep_alive_delay - now,
-                       silence - quiet)
+            wait = min(self._last_sent + delay - now, silence - quiet)
             try:
                 with gevent.Timeout(max(wait, 0.001)):
                     n = sock.recv_into(view)

@@ -6,9 +6,14 @@ secondary's that feeds a chain).  It runs entirely on the replication hub
 connection is one greenlet that sends, plus one that reads acknowledgements.
 
 Committers tell the source about new transactions with ``notify_commit()``
-from any thread; the hub then encodes the new transactions *once* into a
-short in-memory log shared by every live connection.  A connection that is
-behind that log (catch-up) reads the storage iterator itself.
+from any thread.  Each new transaction is encoded *once* into a short
+in-memory log shared by every connection.  In the steady state the
+committing thread does that itself, from the bytes it just wrote, and
+writes the transaction to every secondary that is following live (see
+``outbox.py``): no hand-off to the hub per commit.  The hub takes over for
+whatever that cannot do without waiting: a socket that does not take the
+bytes at once, blobs, a secondary that is behind the log (it reads the
+storage iterator), and anything unusual about the file.
 """
 import bisect
 import logging
@@ -26,6 +31,7 @@ import gevent.socket
 from . import protocol
 from .address import format_address, parse_address
 from .hub import get_hub
+from .outbox import MAX_BACKLOG, Outbox
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .snapshot import can_snapshot, send_snapshot
@@ -50,6 +56,11 @@ class Secondary:
     def __init__(self, peer, sock):
         self.peer = peer
         self.sock = sock
+        self.out = Outbox(sock)
+        # True while the committing thread writes new transactions to it
+        # (it has everything before them); the hub sets it, a committer
+        # that cannot write at once clears it.  Under Source._lock.
+        self.following = False
         self.name = ""
         self.sent_tid = Z64
         self.acked_tid = Z64
@@ -67,17 +78,22 @@ class Secondary:
 class Source:
 
     def __init__(self, storage, address, keep_alive_delay=1.0,
-                 send_blobs=True, epoch=lambda: 0, hub=None, name=""):
+                 send_blobs=True, epoch=lambda: 0, hub=None, name="",
+                 ack_each=lambda: False):
         self.storage = storage
         self.requested_address = parse_address(address)
         self.keep_alive_delay = keep_alive_delay
         self.send_blobs = send_blobs
         self.epoch = epoch
+        self.ack_each = ack_each     # do secondaries ACK every transaction?
         self.name = name
         self.hub = hub or get_hub()
         self.address = None
         self.secondaries = set()
         self._acks = threading.Condition()
+        # Guards the shared log, _last_tid, _tail, the set of secondaries
+        # and their `following`: committers and the hub both use them.
+        self._lock = threading.Lock()
         self._server = None
         self._wakeup = None
         self._closed = False
@@ -97,14 +113,49 @@ class Source:
         """Transaction ``tid`` was committed, and the storage's committed
         size is now ``end`` (thread-safe; both optional).
 
-        Without secondaries there is nothing to wake up: a secondary that
+        Without secondaries there is nothing to do: a secondary that
         connects reads the storage's last transaction itself."""
         if tid is not None:
             previous = self._notified
             if previous is None or tid > previous[0]:
                 self._notified = (tid, end)
-        if self._wakeup is not None and self.secondaries:
+        if self._wakeup is None or not self.secondaries:
+            return
+        if tid is None or end is None or not self._deliver(tid, end):
             self._wakeup.send()
+
+    def _deliver(self, tid, end):
+        """In the committing thread: encode the transactions up to file
+        position ``end`` into the shared log and write them to the
+        secondaries following live.  True when the hub has nothing to do.
+        """
+        with self._lock:
+            if tid <= self._last_tid:
+                return True     # a later commit's notice came first
+            if self._tail.storage is not self.storage:
+                return False
+            txns = self._tail.read_committed(self._last_tid, end)
+            if not txns:
+                return False
+            encoded = [encode_transaction(self.storage, txn, self.send_blobs)
+                       for txn in txns]
+            self._append_recent(self._last_tid, encoded)
+            done = True
+            for secondary in self.secondaries:
+                if not secondary.following:
+                    done = False
+                    continue
+                for enc in encoded:
+                    if len(enc.parts) > 1 or \
+                            secondary.out.backlog > MAX_BACKLOG:
+                        # Blob files, or a slow secondary: the hub sends.
+                        secondary.following = False
+                        done = False
+                        break
+                    if not secondary.out.write(enc.parts[0]):
+                        done = False        # the hub flushes the rest
+                    secondary.sent_tid = enc.tid
+            return done
 
     def wait_for_acks(self, tid, count, timeout):
         """Wait until ``count`` secondaries acknowledged ``tid``.
@@ -170,42 +221,53 @@ class Source:
         if self._server is not None:
             self._server.close()
         for s in list(self.secondaries):
-            s.sock.close()
+            s.out.close()
         if isinstance(self.address, str) and os.path.exists(self.address):
             os.unlink(self.address)
 
     def _on_commit(self, from_committer=True):
         try:
-            notified = self._notified if from_committer else None
-            if notified is not None and notified[0] > self._last_tid:
-                last, end = notified    # no wait for the storage's lock
-            else:
-                last, end = self.storage.lastTransaction(), None
-            if last <= self._last_tid:
-                return
-            previous, self._last_tid = self._last_tid, last
-            if self.secondaries:
-                self._extend_recent(previous, end)
-            else:
-                self._clear_recent()
+            with self._lock:
+                self._read_new(from_committer)
         except Exception:
             logger.exception("could not read new transactions; secondaries "
                              "will catch up from the storage")
-            self._clear_recent()
+            with self._lock:
+                self._clear_recent()
         changed, self._changed = self._changed, gevent.event.Event()
         changed.set()
+
+    def _read_new(self, from_committer):
+        notified = self._notified if from_committer else None
+        if notified is not None:
+            last, end = notified    # no wait for the storage's lock
+        else:
+            last, end = self.storage.lastTransaction(), None
+        if last <= self._last_tid:
+            return
+        previous, self._last_tid = self._last_tid, last
+        for secondary in self.secondaries:
+            # Their send loops send what the hub reads, after what they
+            # have; a committer must not write past it meanwhile.
+            secondary.following = False
+        if self.secondaries:
+            self._extend_recent(previous, end)
+        else:
+            self._clear_recent()
 
     def reset(self, storage):
         """Serve ``storage`` (a reopened, maybe rewound file) from now on:
         forget positions and encoded transactions of the old one."""
         def reset():
-            self.storage = storage
-            self._tail = Tail(storage)
-            self._clear_recent()
-            self._last_tid = storage.lastTransaction()
-            self._notified = None
-            for s in list(self.secondaries):
-                s.sock.close()     # they reconnect and are checked again
+            with self._lock:
+                self.storage = storage
+                self._tail = Tail(storage)
+                self._clear_recent()
+                self._last_tid = storage.lastTransaction()
+                self._notified = None
+                for s in list(self.secondaries):
+                    s.following = False
+                    s.out.close()  # they reconnect and are checked again
         self.hub.call(reset)
 
     def _clear_recent(self):
@@ -213,18 +275,24 @@ class Source:
         self._recent_base = None
 
     def _extend_recent(self, previous, end=None):
+        if self._tail.storage is not self.storage:
+            self._tail = Tail(self.storage)   # a byte copy replaced it
+        self._append_recent(previous, [
+            encode_transaction(self.storage, txn, self.send_blobs)
+            for txn in self._tail.read(previous, self._last_tid, end)])
+
+    def _append_recent(self, previous, encoded):
         # The shared log is contiguous: it must continue from `previous`.
         if self._recent_tids and self._recent_tids[-1] != previous:
             self._clear_recent()
         if not self._recent_tids:
             self._recent_base = previous
-        if self._tail.storage is not self.storage:
-            self._tail = Tail(self.storage)   # a byte copy replaced it
-        for txn in self._tail.read(previous, self._last_tid, end):
-            enc = encode_transaction(self.storage, txn, self.send_blobs)
+        for enc in encoded:
             self._recent.append(enc)
             self._recent_tids.append(enc.tid)
             self._recent_bytes += enc.size
+        if encoded and encoded[-1].tid > self._last_tid:
+            self._last_tid = encoded[-1].tid
         if self._recent_bytes > RECENT_BYTES and len(self._recent) > 1:
             drop = len(self._recent) // 2
             self._recent_bytes -= sum(e.size for e in self._recent[:drop])
@@ -265,10 +333,12 @@ class Source:
         except Exception:
             log.exception("dropping connection after an unexpected error")
         finally:
-            self.secondaries.discard(secondary)
+            with self._lock:
+                self.secondaries.discard(secondary)
+                secondary.following = False
             with self._acks:
                 self._acks.notify_all()
-            sock.close()
+            secondary.out.close()
 
     def _serve(self, secondary, log):
         sock = secondary.sock
@@ -295,9 +365,12 @@ class Source:
             sock.sendall(refusal.encode())
             log.error("refused: %s", refusal.message)
             return
-        sock.sendall(Welcome(self.epoch(), self._last_tid).encode())
+        sock.sendall(Welcome(
+            self.epoch(), self._last_tid,
+            protocol.ACK_EACH if self.ack_each() else 0).encode())
         secondary.sent_tid = secondary.acked_tid = hello.tid
-        self.secondaries.add(secondary)
+        with self._lock:
+            self.secondaries.add(secondary)
         log.info("secondary connected from tid %s; sending %s",
                  hello.tid.hex(), "everything" if hello.tid == Z64
                  else "what follows it")
@@ -375,27 +448,34 @@ class Source:
                                     f"dropping connection: {e}")
         except (OSError, ConnectionError, EOFError) as e:
             secondary.end_reason = (logging.INFO, f"connection ended: {e}")
-        sock.close()
+        secondary.out.close()
 
     def _send_loop(self, secondary):
-        sock = secondary.sock
+        out = secondary.out
         catchup = None
         while True:
-            if secondary.sent_tid >= self._last_tid:
+            out.flush()      # what a committer wrote and the socket refused
+            with self._lock:
+                caught_up = secondary.sent_tid >= self._last_tid
+                if caught_up:
+                    # From now on committers write new transactions.
+                    secondary.following = True
+                    changed = self._changed
+                else:
+                    recent = self._from_recent(secondary.sent_tid)
+            if caught_up:
                 catchup = _close(catchup)
-                changed = self._changed
                 if not changed.wait(self.keep_alive_delay):
                     # A commit racing with this secondary's arrival may
                     # have skipped its wake-up: look for ourselves.
                     self._on_commit(from_committer=False)
-                    sock.sendall(Heartbeat(self.epoch(),
-                                           self._last_tid).encode())
+                    out.write(Heartbeat(self.epoch(),
+                                        self._last_tid).encode())
                 continue
-            recent = self._from_recent(secondary.sent_tid)
             if recent:
                 catchup = _close(catchup)
                 for enc in recent:
-                    self._send_batch(sock, [enc])
+                    self._send_batch(out, [enc])
                     secondary.sent_tid = enc.tid
                 continue
             # Catching up through the storage iterator.
@@ -419,32 +499,32 @@ class Source:
                 catchup = None
                 gevent.sleep(0.01)
                 continue
-            self._send_batch(sock, pending)
+            self._send_batch(out, pending)
             secondary.sent_tid = pending[-1].tid
 
-    def _send_batch(self, sock, encoded):
+    def _send_batch(self, out, encoded):
         buf = []
         for enc in encoded:
             for part in enc.parts:
                 if isinstance(part, BlobRef):
                     if buf:
-                        sock.sendall(b"".join(buf))
+                        out.sendall(b"".join(buf))
                         buf = []
-                    _send_blob(sock, part)
+                    _send_blob(out, part)
                 else:
                     buf.append(part)
         if buf:
-            sock.sendall(b"".join(buf))
+            out.sendall(b"".join(buf))
 
 
-def _send_blob(sock, ref):
+def _send_blob(out, ref):
     with open(ref.path, "rb") as f:
         remaining = ref.size
         while remaining:
             data = f.read(min(protocol.CHUNK_SIZE, remaining))
             if not data:
                 raise OSError(f"blob file {ref.path} shrank while sending")
-            sock.sendall(Chunk(data).encode())
+            out.sendall(Chunk(data).encode())
             remaining -= len(data)
 
 

@@ -230,7 +230,8 @@ class ReplicatedStorage(StorageProxy):
         if replicate_to:
             self.source = Source(base, replicate_to, keep_alive_delay,
                                  send_blobs=replicate_blobs, name=self.name,
-                                 epoch=lambda: self.epoch, hub=hub)
+                                 epoch=lambda: self.epoch, hub=hub,
+                                 ack_each=lambda: self.sync_replicas > 0)
             self.replication_address = self.source.start()
         if replicate_from is None:
             if self.source is None:

@@ -229,7 +229,7 @@ def test_bad_stream_commits_nothing_partial(cluster, caplog, damage,
     else:
         i = bad.index(b"y" * 100)
         bad = bad[:i] + b"z" + bad[i + 1:]   # one byte flipped in transit
-    source = ScriptedSource(Welcome(0, txns[-1].tid).encode() + good + bad)
+    source = ScriptedSource(Welcome(0, txns[-1].tid, 0).encode() + good + bad)
     try:
         secondary = cluster.secondary("%s:%s" % source.address, name="s")
         wait_for(lambda: complaint in caplog.text and
@@ -253,7 +253,7 @@ def test_corrupted_byte_copy_is_never_installed(cluster, caplog):
     good_hash = hashlib.blake2b(data, digest_size=32).digest()
     bad = data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
     tid = txns[-1].tid
-    source = ScriptedSource(Welcome(0, tid).encode()
+    source = ScriptedSource(Welcome(0, tid, 0).encode()
                             + Snapshot(tid, len(bad)).encode()
                             + Chunk(bad).encode()
                             + SnapshotEnd(tid, good_hash).encode())

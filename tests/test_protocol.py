@@ -19,7 +19,7 @@ def roundtrip(message):
 
 @pytest.mark.parametrize("message", [
     Hello(7, TID, b"d" * 32, protocol.WANT_BLOBS, "s1 \u00e9"),
-    Welcome(7, TID),
+    Welcome(7, TID, protocol.ACK_EACH),
     Refuse(protocol.DIVERGENT, "your history differs"),
     Txn(TID, b" ", b"user", b"description", b"\x80\x03}q\x00."),
     Record(b"\0" * 8, TID, Z64, protocol.HAS_DATA, 3, 0, b"abc"),

@@ -96,9 +96,6 @@ def test_chain_and_live_invalidations_to_secondary_connections(cluster):
                  f"commit {i} to reach a connection at the end of the chain")
         assert end.lastTransaction() == tid
     assert conn.root.b.open().read() == b"19"
-    conn.close()
-    edb.close()
-    assert_same_history(primary, end)
     status = middle.replication_status()
     assert status["state"] == "following" and status["lag_seconds"] == 0
     [downstream] = status["secondaries"]
@@ -106,6 +103,9 @@ def test_chain_and_live_invalidations_to_secondary_connections(cluster):
     wait_for(lambda: middle.replication_status()["secondaries"][0][
         "acked_tid"] == primary.lastTransaction().hex(),
         "the end of the chain to acknowledge the last transaction")
+    conn.close()
+    edb.close()
+    assert_same_history(primary, end)
     db.close()
 
 
