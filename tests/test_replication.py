@@ -203,3 +203,66 @@ def test_secondary_refuses_a_source_of_an_older_epoch(cluster):
     primary.epoch = 3                 # the source catches up with the epoch
     wait_caught_up(secondary, primary)
     db.close()
+
+
+def test_every_transaction_arrives_while_secondaries_come_and_go(cluster):
+    """Committers write live transactions to following secondaries
+    themselves, the hub sends everything else (catch-up, blobs, undo's
+    back pointers, a reconnect): the hand-over between the two must neither
+    skip nor repeat a transaction, whatever the timing."""
+    import threading
+    from persistent.mapping import PersistentMapping
+    from ZODB.POSException import ConflictError, UndoError
+    from ZODB.utils import z64
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, **{f"t{n}": PersistentMapping() for n in range(3)})
+    stop = threading.Event()
+    errors = []
+
+    def committer(n):
+        try:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    with db.transaction() as conn:
+                        mine = conn.root()[f"t{n}"]
+                        mine["i"] = i
+                        if i % 7 == 0:
+                            mine["b"] = blob(b"%d" % i)  # the hub sends it
+                except ConflictError:
+                    continue    # another thread undid our last change
+                if i % 11 == 0:                       # back pointers
+                    try:
+                        db.undo(db.undoLog(0, 1)[0]["id"])
+                        transaction.commit()
+                    except (ConflictError, UndoError):
+                        transaction.abort()  # changed since: not undoable
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+            raise
+
+    threads = [threading.Thread(target=committer, args=(n,))
+               for n in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for round in range(3):
+            secondary = cluster.secondary(primary, name=f"s{round}")
+            # Let it catch up with commits flowing, then reconnect.
+            wait_for(lambda: secondary.replication_status()["state"] ==
+                     "following" and secondary.lastTransaction() > z64,
+                     "the secondary to follow")
+            secondary.follower.retarget()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    commit(db, x=1)
+    for s in cluster.storages:
+        if s is not primary:
+            wait_caught_up(s, primary)
+            assert_same_history(primary, s)
+    db.close()
