@@ -262,13 +262,20 @@ class Record(namedtuple("Record",
     __slots__ = ()
     TAG = ord("R")
     HEAD = struct.Struct(">8s8s8sBIQ")
+    _FRAMED = struct.Struct(">IB8s8s8sBIQ")     # FRAME_HEADER + HEAD
 
     def encode(self):
-        head = self.HEAD.pack(self.oid, self.serial, self.data_txn,
-                              self.flags, self.data_len, self.blob_len)
-        if self.data is not None:
-            return frame(self.TAG, head + self.data)
-        return frame(self.TAG, head)
+        head = self.frame_head(self.oid, self.serial, self.data_txn,
+                               self.flags, self.data_len, self.blob_len)
+        return head if self.data is None else head + self.data
+
+    @classmethod
+    def frame_head(cls, oid, serial, data_txn, flags, data_len, blob_len):
+        """The bytes of a RECORD frame before its inline data, if any (the
+        encoder's hot path: no copy of the data)."""
+        inline = data_len if data_len <= INLINE_DATA else 0
+        return cls._FRAMED.pack(1 + cls.HEAD.size + inline, cls.TAG, oid,
+                                serial, data_txn, flags, data_len, blob_len)
 
     @classmethod
     def decode(cls, payload):

@@ -39,24 +39,31 @@ def next_tid(tid):
 
 
 def encode_transaction(storage, txn, send_blobs=True):
-    """Encode one iterator transaction record of ``storage``."""
+    """Encode one iterator transaction record of ``storage``.
+
+    This runs in the committing thread for every commit (see
+    ``Source._deliver``): each record's frame head is packed in one go and
+    its data is copied once, into the joined frames.
+    """
+    tid = txn.tid
     user = txn.user or b""
     desc = txn.description or b""
     ext = txn.extension_bytes or b""
     status = txn.status if isinstance(txn.status, bytes) else \
         txn.status.encode("ascii")
-    digest = TransactionDigest(txn.tid, status, user, desc, ext)
-    out = [Txn(txn.tid, status, user, desc, ext).encode()]
+    digest = TransactionDigest(tid, status, user, desc, ext)
+    out = [Txn(tid, status, user, desc, ext).encode()]
     parts = []
     size = 0
     blobs = is_blob_storage(storage)
+    frame_head = Record.frame_head
     for record in txn:
         data = record.data
         blob_len = 0
         flags = 0
         blob_path = None
         if data is not None:
-            flags |= HAS_DATA
+            flags = HAS_DATA
             if blobs and ZODB.blob.is_blob_record(data):
                 flags |= IS_BLOB
                 blob_path = storage.loadBlob(record.oid, record.tid)
@@ -70,12 +77,12 @@ def encode_transaction(storage, txn, send_blobs=True):
             data_txn = Z64
         data_len = len(data) if data else 0
         digest.record(record.oid, record.tid, data, flags & IS_BLOB, blob_len)
+        out.append(frame_head(record.oid, record.tid, data_txn, flags,
+                              data_len, blob_len))
         if data_len <= INLINE_DATA:
-            out.append(Record(record.oid, record.tid, data_txn, flags,
-                              data_len, blob_len, data or b"").encode())
+            if data_len:
+                out.append(data)
         else:
-            out.append(Record(record.oid, record.tid, data_txn, flags,
-                              data_len, blob_len, None).encode())
             view = memoryview(data)
             for start in range(0, data_len, protocol.CHUNK_SIZE):
                 out.append(Chunk(view[start:start + protocol.CHUNK_SIZE]
@@ -87,9 +94,9 @@ def encode_transaction(storage, txn, send_blobs=True):
             parts.append(BlobRef(blob_path, blob_len))
             size += blob_len
     d = digest.digest()
-    out.append(End(txn.tid, d).encode())
+    out.append(End(tid, d).encode())
     parts.append(b"".join(out))
-    return EncodedTransaction(txn.tid, parts, size, d)
+    return EncodedTransaction(tid, parts, size, d)
 
 
 def open_iterator(storage, start=None, stop=None):

@@ -6,6 +6,8 @@ extended through ``ZEOServer``'s hooks:
 
 * it logs the address the ZEO server really listens on, so that
   ``address :0`` (an OS-assigned port) is usable;
+* its StorageServer lets replicated storages send an asynchronous commit
+  to their secondaries just after the committing client has its answer;
 * its StorageServer forgets the connections it closes itself (ZEO 6 keeps
   sending them invalidations), and answers a client's quick cache
   verification only for a tid that is in this server's history.  After a failover that lost
@@ -30,6 +32,14 @@ def bound_address(server):
 
 
 class StorageServer(ZEO.StorageServer.StorageServer):
+
+    def __init__(self, addr, storages, **kw):
+        super().__init__(addr, storages, **kw)
+        for storage in storages.values():
+            if hasattr(storage, "replicate_after_reply"):
+                # tpc_finish runs on our event loop, which answers the
+                # client before it runs what tpc_finish scheduled.
+                storage.replicate_after_reply = True
 
     def get_invalidations(self, storage_id, tid):
         storage = self.storages[storage_id]

@@ -4,6 +4,7 @@ Both wrap a storage that supports iteration and restore (a FileStorage, with
 or without blobs) and delegate the ZODB storage API to it explicitly.  They
 provide the interfaces that the wrapped storage provides.
 """
+import asyncio
 import enum
 import logging
 import threading
@@ -218,6 +219,10 @@ class ReplicatedStorage(StorageProxy):
         self.hub = hub
         self.epoch = epoch
         self.fenced = False
+        # Set by a ZEO server that runs tpc_finish on its event loop: an
+        # asynchronous commit then goes to the secondaries right after the
+        # committing client has its answer, not before.
+        self.replicate_after_reply = False
         self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
         self._role_lock = threading.RLock()
@@ -332,7 +337,17 @@ class ReplicatedStorage(StorageProxy):
     def tpc_finish(self, transaction, func=lambda tid: None):
         tid = self.base.tpc_finish(transaction, func)
         if self.source is not None:
-            self.source.notify_commit(tid, self._committed_size())
+            end = self._committed_size()
+            loop = None
+            if self.replicate_after_reply and not self.sync_replicas:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    pass        # not on the server's loop after all
+            if loop is not None:
+                loop.call_soon(self.source.notify_commit, tid, end)
+            else:
+                self.source.notify_commit(tid, end)
         if self.sync_replicas:
             self._wait_for_replicas(tid)
         return tid
