@@ -24,8 +24,9 @@ Conversation
                                           <- preamble, WELCOME(source last tid,
                                                epoch, flags) or REFUSE(reason)
                                           <- TXN, RECORD..., [CHUNK...], END
-                                             (one group per transaction,
-                                              oldest first, catch-up then live)
+                                             or FILE_TXN
+                                             (one per transaction, oldest
+                                              first, catch-up then live)
                                           <- HEARTBEAT(source last tid, epoch)
                                              when idle for keep-alive-delay
     ACK(last durable tid)                 ->  every keep-alive-delay, and
@@ -68,6 +69,14 @@ blob replication is off).  ``END`` repeats the tid and carries the
 transaction digest; the secondary compares it with the digest of what it
 received before it votes, so a corrupted record is never committed.
 
+``FILE_TXN`` is the live fast path: one committed transaction exactly as the
+source's FileStorage wrote it (transaction header, data records, redundant
+length) with its file position and the BLAKE2b-256 of those bytes, which
+the secondary checks before it parses and applies them like the frames
+above.  A source sends it only for a transaction without back pointers or
+blob records, with every record at most ``INLINE_DATA`` bytes, that fits in
+one frame: encoding it costs the committing thread one hash and one copy.
+
 The digest (``TransactionDigest``) is BLAKE2b-256 over the metadata and every
 record's oid, serial, data (or its absence) and blob length; it is the same
 whether computed from the stream or from a storage's iterator, which makes it
@@ -84,6 +93,7 @@ Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
                [data if data_len <= INLINE_DATA]
     CHUNK      bytes
     END        tid:8 digest:32
+    FILE_TXN   tid:8 pos:u64 digest:32 FileStorage transaction bytes
     HEARTBEAT  epoch:u64 last_tid:8
     ACK        tid:8
     SNAPSHOT   tid:8 length:u64
@@ -312,8 +322,35 @@ class Chunk(namedtuple("Chunk", "data")):
         return cls(bytes(payload))
 
 
+class FileTxn(namedtuple("FileTxn", "tid pos digest data")):
+    """A committed transaction as the source's FileStorage stores it, from
+    file position ``pos``; ``digest`` is BLAKE2b-256 of ``data``."""
+    __slots__ = ()
+    TAG = ord("D")
+    HEAD = struct.Struct(">8sQ32s")
+    _FRAMED = struct.Struct(">IB8sQ32s")        # FRAME_HEADER + HEAD
+    MAX_DATA = MAX_FRAME - 1 - HEAD.size
+
+    def encode(self):
+        return self._FRAMED.pack(1 + self.HEAD.size + len(self.data),
+                                 self.TAG, self.tid, self.pos,
+                                 self.digest) + self.data
+
+    @classmethod
+    def decode(cls, payload):
+        head = cls.HEAD.size
+        if len(payload) < head:
+            raise ProtocolError("FILE_TXN too short")
+        tid, pos, digest = cls.HEAD.unpack_from(payload)
+        return cls(tid, pos, digest, bytes(payload[head:]))
+
+    @staticmethod
+    def hash(data):
+        return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
 MESSAGES = (Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack,
-            Snapshot, BlobFile, SnapshotEnd)
+            Snapshot, BlobFile, SnapshotEnd, FileTxn)
 DECODERS = {m.TAG: m for m in MESSAGES}
 
 

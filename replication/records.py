@@ -19,14 +19,16 @@ from ZODB.utils import p64, u64
 
 from . import protocol
 from .protocol import (HAS_DATA, HAS_DATA_TXN, IS_BLOB, BLOB_SENT, Z64,
-                       INLINE_DATA, Chunk, End, Record, TransactionDigest, Txn)
+                       INLINE_DATA, Chunk, End, FileTxn, Record,
+                       TransactionDigest, Txn)
 
 BlobRef = namedtuple("BlobRef", "path size")
 
 
 class EncodedTransaction(namedtuple("EncodedTransaction",
                                     "tid parts size digest")):
-    """Frames of one transaction: ``parts`` are bytes or BlobRefs."""
+    """Frames of one transaction: ``parts`` are bytes or BlobRefs;
+    ``digest`` is the one its END (or FILE_TXN) frame carries."""
     __slots__ = ()
 
 
@@ -97,6 +99,25 @@ def encode_transaction(storage, txn, send_blobs=True):
     out.append(End(tid, d).encode())
     parts.append(b"".join(out))
     return EncodedTransaction(tid, parts, size, d)
+
+
+def encode_file_transaction(storage, txn):
+    """The FILE_TXN encoding of ``txn`` (from ``parse_committed``), or None
+    when it needs the frames of ``encode_transaction``: a blob record,
+    whose file must follow, a record too large to go inline, or a
+    transaction too large for one frame."""
+    raw = txn.raw
+    if len(raw) > FileTxn.MAX_DATA:
+        return None
+    blobs = is_blob_storage(storage)
+    for record in txn.records:
+        if len(record.data) > INLINE_DATA or (
+                blobs and ZODB.blob.is_blob_record(record.data)):
+            return None
+    digest = FileTxn.hash(raw)
+    return EncodedTransaction(
+        txn.tid, [FileTxn(txn.tid, txn.pos, digest, raw).encode()],
+        len(raw), digest)
 
 
 def open_iterator(storage, start=None, stop=None):
@@ -183,9 +204,10 @@ class Tail:
 
 class CommittedTransaction(namedtuple(
         "CommittedTransaction",
-        "tid status user description extension_bytes records")):
+        "tid status user description extension_bytes records pos raw")):
     """A transaction parsed from FileStorage bytes; iterates its records
-    like a storage iterator's transaction."""
+    like a storage iterator's transaction.  ``raw`` are its bytes, from
+    file position ``pos``."""
     __slots__ = ()
 
     def __iter__(self):
@@ -240,7 +262,8 @@ def parse_committed(data, offset):
                                            None))
             p += plen
         txns.append(CommittedTransaction(tid, status, user, desc, ext,
-                                         records))
+                                         records, offset + pos,
+                                         data[pos:tend + 8]))
         pos = tend + 8
     return txns
 

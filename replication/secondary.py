@@ -23,6 +23,7 @@ import time
 
 import gevent
 import gevent.socket
+import ZODB.blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 
@@ -30,9 +31,9 @@ from . import protocol
 from .address import format_address, parse_address
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
-                       Snapshot, BlobFile, SnapshotEnd,
+                       Snapshot, BlobFile, SnapshotEnd, FileTxn,
                        HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
-from .records import is_blob_storage, transaction_digest
+from .records import is_blob_storage, parse_committed, transaction_digest
 from .snapshot import SnapshotReceiver, is_empty
 
 logger = logging.getLogger(__name__)
@@ -438,6 +439,17 @@ class Follower:
                     n = self._recv_into(sock, view, last_tid)
                     reader.feed(view[:n])
                     continue
+                if isinstance(message, FileTxn):
+                    # A whole transaction in one frame: checked, parsed and
+                    # stored here, then finished like TXN...END.
+                    if pending is not None or snapshot is not None:
+                        raise ProtocolError("FILE_TXN inside a transaction")
+                    if message.tid <= last_tid:
+                        raise ProtocolError(
+                            f"transaction {message.tid.hex()} is not after "
+                            f"our last one {last_tid.hex()}")
+                    pending = self._file_transaction(message)
+                    message = End(message.tid, pending.digest.digest())
                 if isinstance(message, Record):
                     if pending is None:
                         raise ProtocolError("RECORD outside a transaction")
@@ -514,6 +526,35 @@ class Follower:
             if snapshot is not None:
                 log.warning("discarding incomplete byte copy")
                 snapshot.abort()
+
+    def _file_transaction(self, message):
+        """Check and parse a FILE_TXN; return it begun on our storage with
+        its records stored, ready to finish."""
+        if FileTxn.hash(message.data) != message.digest:
+            raise ProtocolError(
+                f"checksum mismatch in transaction {message.tid.hex()}: the "
+                "data was corrupted on the way; nothing was committed")
+        txns = parse_committed(message.data, message.pos)
+        if not txns or len(txns) != 1 or txns[0].tid != message.tid:
+            raise ProtocolError(
+                f"FILE_TXN for {message.tid.hex()} does not hold exactly "
+                "that transaction")
+        txn = txns[0]
+        pending = PendingTransaction(self.storage, Txn(
+            txn.tid, txn.status, txn.user, txn.description,
+            txn.extension_bytes))
+        try:
+            for r in txn.records:
+                if self.blob_dir is not None and \
+                        ZODB.blob.is_blob_record(r.data):
+                    raise ProtocolError("blob record in a FILE_TXN")
+                pending.add_record(Record(r.oid, r.tid, Z64, HAS_DATA,
+                                          len(r.data), 0, r.data),
+                                   self.blob_dir)
+        except BaseException:
+            pending.abort()
+            raise
+        return pending
 
     def _recv_into(self, sock, view, last_tid):
         """Receive into view (everything buffered is applied).  Meanwhile

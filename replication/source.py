@@ -35,8 +35,9 @@ from .outbox import MAX_BACKLOG, Outbox
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .snapshot import can_snapshot, send_snapshot
-from .records import BlobRef, Tail, encode_transaction, is_blob_storage, \
-    next_tid, open_iterator, transaction_digest
+from .records import BlobRef, Tail, encode_file_transaction, \
+    encode_transaction, is_blob_storage, next_tid, open_iterator, \
+    transaction_digest
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class Source:
             txns = self._tail.read_committed(self._last_tid, end)
             if not txns:
                 return False
-            encoded = [encode_transaction(self.storage, txn, self.send_blobs)
+            encoded = [encode_file_transaction(self.storage, txn) or
+                       encode_transaction(self.storage, txn, self.send_blobs)
                        for txn in txns]
             self._append_recent(self._last_tid, encoded)
             done = True
