@@ -135,6 +135,17 @@ def open_iterator(storage, start=None, stop=None):
         return storage.iterator(start, stop)
 
 
+def snapshot_point(storage):
+    """(length, tid): a consistent end of a FileStorage's committed file.
+
+    FileStorage updates its size and last tid together under its lock when
+    a commit finishes; bytes before that size never change (a pack writes a
+    new file, and our open handle keeps reading the old one).
+    """
+    with storage._lock:
+        return storage.getSize(), storage.lastTransaction()
+
+
 class Tail:
     """The transactions a storage gained since the last read.
 
@@ -152,6 +163,18 @@ class Tail:
     def __init__(self, storage):
         self.storage = storage
         self.tid = self.pos = self.file = None
+
+    def at_end(self):
+        """Position after the storage's last committed transaction, so the
+        next commit is read from memory at once; return that tid."""
+        storage = self.storage
+        if not isinstance(storage, FileStorage):
+            return storage.lastTransaction()
+        with storage._lock:
+            file = storage._file
+            self.pos, self.tid = snapshot_point(storage)
+            self.file = file
+        return self.tid
 
     def read_committed(self, after, end):
         """The transactions between tid ``after`` and file position ``end``

@@ -7,7 +7,7 @@ empty secondary can receive the primary's Data.fs up to a transaction
 boundary, plus the blob files of those transactions, at disk speed, instead
 of restoring one transaction at a time with an fsync each.
 
-Both sides live here: ``snapshot_point`` and ``send_snapshot`` run on a
+Both sides live here: ``send_snapshot`` runs on a
 source's connection greenlet; ``SnapshotReceiver`` on a follower's.
 """
 import hashlib
@@ -22,6 +22,7 @@ from ZODB.utils import u64
 
 from . import protocol
 from .protocol import BlobFile, Chunk, ProtocolError, Snapshot, SnapshotEnd
+from .records import snapshot_point
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +36,6 @@ def can_snapshot(storage):
 
 def is_empty(storage):
     return can_snapshot(storage) and storage.getSize() <= 4
-
-
-def snapshot_point(storage):
-    """(length, tid): a consistent end of the committed file.
-
-    FileStorage updates its size and last tid together under its lock when
-    a commit finishes; bytes before that size never change (a pack writes a
-    new file, and our open handle keeps reading the old one).
-    """
-    with storage._lock:
-        return storage.getSize(), storage.lastTransaction()
 
 
 def send_snapshot(sock, storage, send_blobs, log):

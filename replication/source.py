@@ -213,7 +213,7 @@ class Source:
         sock.listen(64)
         name = sock.getsockname()
         self.address = name if isinstance(name, str) else name[:2]
-        self._last_tid = self.storage.lastTransaction()
+        self._last_tid = self._tail.at_end()
         self._clear_recent()       # shared log of EncodedTransactions
         self._changed = gevent.event.Event()
         self._server = gevent.server.StreamServer(sock, self._handle)
@@ -247,15 +247,20 @@ class Source:
             last, end = self.storage.lastTransaction(), None
         if last <= self._last_tid:
             return
+        if not self.secondaries:
+            # Nobody to send them to: remember where the file ends, for
+            # the committers' next read.
+            self._clear_recent()
+            if self._tail.storage is not self.storage:
+                self._tail = Tail(self.storage)
+            self._last_tid = max(last, self._tail.at_end())
+            return
         previous, self._last_tid = self._last_tid, last
         for secondary in self.secondaries:
             # Their send loops send what the hub reads, after what they
             # have; a committer must not write past it meanwhile.
             secondary.following = False
-        if self.secondaries:
-            self._extend_recent(previous, end)
-        else:
-            self._clear_recent()
+        self._extend_recent(previous, end)
 
     def reset(self, storage):
         """Serve ``storage`` (a reopened, maybe rewound file) from now on:
@@ -265,7 +270,7 @@ class Source:
                 self.storage = storage
                 self._tail = Tail(storage)
                 self._clear_recent()
-                self._last_tid = storage.lastTransaction()
+                self._last_tid = self._tail.at_end()
                 self._notified = None
                 for s in list(self.secondaries):
                     s.following = False

@@ -16,7 +16,8 @@ from ZODB.FileStorage import FileStorage
 
 from replication import protocol
 from replication.protocol import FrameReader, Hello, Refuse, Welcome, Z64
-from replication.records import encode_transaction
+from replication.records import (encode_file_transaction, encode_transaction,
+                                 parse_committed)
 from replication.secondary import State
 from tests.replication_support import (Cluster, assert_same_history, blob,
                                        commit, wait_caught_up)
@@ -199,13 +200,20 @@ class ScriptedSource:
         self.listener.close()
 
 
-def encoded_history(cluster):
-    """A real primary's transactions, encoded as a source would send them."""
+def encoded_history(cluster, encoding="frames"):
+    """A real primary's transactions, encoded as a source would send them:
+    as TXN/RECORD/END frames, or as FILE_TXN (the live fast path)."""
     fs = FileStorage(cluster.path("model.fs"), blob_dir=cluster.path("mb"))
     db = ZODB.DB(fs)
     commit(db, a=1)
     commit(db, a=2, big="y" * 100)
-    txns = [encode_transaction(fs, t) for t in fs.iterator()]
+    if encoding == "frames":
+        txns = [encode_transaction(fs, t) for t in fs.iterator()]
+    else:
+        with open(fs.getName(), "rb") as f:
+            data = f.read()[4:]     # after the file's magic
+        txns = [encode_file_transaction(fs, t)
+                for t in parse_committed(data, 4)]
     db.close()
     shutil.rmtree(cluster.path("mb"))
     return txns
@@ -215,14 +223,16 @@ def stream(txns):
     return b"".join(p for t in txns for p in t.parts)
 
 
-@pytest.mark.parametrize("damage, complaint", [
-    ("truncate", "aborting incomplete transaction"),
-    ("corrupt", "checksum mismatch"),
+@pytest.mark.parametrize("encoding, damage, complaint", [
+    ("frames", "truncate", "aborting incomplete transaction"),
+    ("frames", "corrupt", "checksum mismatch"),
+    ("file", "truncate", "source closed the connection"),
+    ("file", "corrupt", "checksum mismatch"),
 ])
-def test_bad_stream_commits_nothing_partial(cluster, caplog, damage,
-                                            complaint):
+def test_bad_stream_commits_nothing_partial(cluster, caplog, encoding,
+                                            damage, complaint):
     caplog.set_level(logging.INFO, "replication")
-    txns = encoded_history(cluster)
+    txns = encoded_history(cluster, encoding)
     good, bad = stream(txns[:2]), stream(txns[2:])
     if damage == "truncate":
         bad = bad[:len(bad) // 2]      # the source dies mid-transaction

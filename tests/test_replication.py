@@ -266,3 +266,29 @@ def test_every_transaction_arrives_while_secondaries_come_and_go(cluster):
             wait_caught_up(s, primary)
             assert_same_history(primary, s)
     db.close()
+
+
+def test_live_commits_take_the_file_bytes_fast_path(cluster):
+    """A following secondary gets small live commits as FILE_TXN (the
+    committing thread's cheap path); blobs and undo still arrive exactly,
+    through the frames the hub sends."""
+    from replication.protocol import FRAME_HEADER, FileTxn
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=0)
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    wait_for(lambda: primary.source.secondaries and
+             all(s.following for s in primary.source.secondaries),
+             "the secondary to follow live")
+    tid = commit(db, x=1)
+    last = primary.source._recent[-1]       # the shared log's newest entry
+    assert last.tid == tid
+    assert last.parts[0][FRAME_HEADER.size - 1] == FileTxn.TAG
+    commit(db, b=blob(b"blob"))
+    db.undo(db.undoLog(0, 1)[0]["id"])
+    transaction.commit()
+    commit(db, x=2)
+    wait_caught_up(secondary, primary)
+    assert_same_history(primary, secondary)
+    db.close()
