@@ -436,6 +436,84 @@ class ServerProcess:
                               server.name, server.popen.pid)
 
 
+# A secondary that costs next to nothing: it speaks the protocol, reads the
+# stream (TXN..END or FILE_TXN per transaction) and ACKs the last one as a
+# Follower does -- at once if WELCOME says ACK_EACH, else at most every
+# ACK_INTERVAL, and every keep-alive otherwise -- but stores nothing.  It
+# separates the primary's own cost from the CPU and disk a real secondary
+# on the same machine takes.
+SINK = """\
+import socket, sys, time
+from replication import protocol
+from replication.protocol import (Ack, End, FileTxn, Hello, Welcome, Z64,
+                                  NO_DIGEST)
+KEEP_ALIVE = 1.0
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sock.sendall(protocol.preamble() + Hello(0, Z64, NO_DIGEST, 0,
+                                         "sink").encode())
+reader = protocol.FrameReader()
+buf = b""
+def receive():
+    data = sock.recv(65536)
+    if not data:
+        sys.exit("sink: the source closed the connection")
+    return data
+while len(buf) < protocol.PREAMBLE_SIZE:
+    buf += receive()
+protocol.parse_preamble(buf[:protocol.PREAMBLE_SIZE])
+reader.feed(buf[protocol.PREAMBLE_SIZE:])
+while (welcome := reader.next()) is None:
+    reader.feed(receive())
+if not isinstance(welcome, Welcome):
+    sys.exit(f"sink: expected WELCOME, got {welcome!r}")
+ack_delay = 0.0 if welcome.flags & protocol.ACK_EACH else \\
+    protocol.ACK_INTERVAL
+last = acked = Z64
+sent = time.monotonic()
+while True:
+    message = reader.next()
+    if message is not None:
+        if isinstance(message, (End, FileTxn)):
+            last = message.tid
+        continue
+    now = time.monotonic()
+    delay = ack_delay if last != acked else KEEP_ALIVE
+    if now - sent >= delay:
+        sock.sendall(Ack(last).encode())
+        acked, sent, delay = last, now, KEEP_ALIVE
+    sock.settimeout(max(sent + delay - now, 0.001))
+    try:
+        data = sock.recv(1 << 20)
+    except socket.timeout:
+        continue
+    if not data:
+        break
+    reader.feed(data)
+"""
+
+
+class SinkProcess:
+    """Stands in for a ServerProcess (popen, stop(), path=None)."""
+
+    path = None
+    name = "sink"
+
+    def __init__(self, address):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", SINK, address[0], str(address[1])],
+            env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        ServerProcess.running.append(self)
+
+    def stop(self):
+        if self in ServerProcess.running:
+            ServerProcess.running.remove(self)
+            self.popen.terminate()
+            self.popen.wait(30)
+
+
 def secondary_process(workdir, name, source_address):
     """A secondary ZEO server process replicating from source_address."""
     return ServerProcess(workdir, name,
@@ -879,11 +957,12 @@ class InProcess:
     optionally one secondary server process replicating from it."""
 
     def __init__(self, workdir, name, replicate=False, secondaries=0,
-                 sync_replicas=0):
+                 sync_replicas=0, sink=False):
         self.workdir, self.name = workdir, name
         self.replicate = replicate
         self.secondaries = secondaries
         self.sync_replicas = sync_replicas
+        self.sink = sink
 
     def run(self, n, rng):
         path = os.path.join(self.workdir, f"{self.name}.fs")
@@ -893,14 +972,17 @@ class InProcess:
                 storage, "127.0.0.1:0", sync_replicas=self.sync_replicas)
         server = db = None
         try:
-            if self.secondaries:
+            if self.sink:
+                server = SinkProcess(storage.replication_address)
+                wait_connected(storage)
+            elif self.secondaries:
                 server = secondary_process(self.workdir,
                                            f"{self.name}-secondary",
                                            storage.replication_address)
                 wait_connected(storage)
             db = ZODB.DB(storage)
             rate = run_commits(db, n, rng)
-            if server is not None:
+            if server is not None and not self.sink:
                 wait_secondary_server(server, storage.lastTransaction())
             return rate
         finally:
@@ -989,8 +1071,15 @@ def bench_throughput(workdir, n, rounds, rng):
         ("PrimaryStorage + 1 secondary, sync_replicas=1",
          lambda w, name: InProcess(w, name, replicate=True, secondaries=1,
                                    sync_replicas=1)),
+        ("PrimaryStorage + 1 sink (ACKs, stores nothing)",
+         lambda w, name: InProcess(w, name, replicate=True, sink=True)),
     ]
-    return compare(workdir, configs, n, rounds, rng)
+    results = compare(workdir, configs, n, rounds, rng)
+    out("    the sink is a process that speaks the protocol and stores "
+        "nothing: the primary's")
+    out("    own cost, without a secondary competing for the same 2 "
+        "CPUs and disk")
+    return results
 
 
 def bench_zeo(workdir, n, rounds, rng):
