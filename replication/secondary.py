@@ -6,7 +6,8 @@ each streamed transaction atomically to the storage underneath the
 read-only ``SecondaryStorage``::
 
     tpc_begin(tid, status) -> restore / restoreBlob ... -> digest check
-    -> tpc_vote -> tpc_finish -> committed(tid, oids) -> ACK
+    -> tpc_vote -> tpc_finish -> committed(tid, oids)
+    ... -> fsync (one for a group of transactions) -> ACK
 
 Any error inside a transaction aborts it, so a secondary's storage only ever
 holds whole transactions.  Lost connections are retried with exponential
@@ -33,6 +34,7 @@ from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
                        Snapshot, BlobFile, SnapshotEnd, FileTxn,
                        HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
+from .groupcommit import fsync_deferred
 from .records import is_blob_storage, parse_committed, transaction_digest
 from .snapshot import SnapshotReceiver, is_empty
 
@@ -154,8 +156,9 @@ class PendingTransaction:
             raise ProtocolError(
                 f"checksum mismatch in transaction {self.tid.hex()}: the "
                 "data was corrupted on the way; nothing was committed")
-        self.storage.tpc_vote(self.meta)
-        self.storage.tpc_finish(self.meta)
+        with fsync_deferred():      # the follower fsyncs before it ACKs
+            self.storage.tpc_vote(self.meta)
+            self.storage.tpc_finish(self.meta)
         self.begun = False
         return self.oids
 
@@ -175,7 +178,9 @@ class Follower:
     """Follows one source and applies its transactions to ``storage``.
 
     ``committed(tid, oids)`` is called on the hub after each transaction is
-    durable (the secondary storage passes the invalidations on).  With
+    committed (the secondary storage passes the invalidations on); it is
+    fsynced, with the others of its group, before it is acknowledged (see
+    ``groupcommit.py``).  With
     ``install(path, blobs) -> storage``, an empty storage accepts a byte
     copy of its source's file, which ``install`` puts in its place.
     """
@@ -210,6 +215,7 @@ class Follower:
         self._greenlet = None
         self._sock = None
         self._ack_delay = 0.0      # set from the source's WELCOME
+        self._unsynced = False     # applied transactions not fsynced yet
 
     @property
     def source(self):
@@ -474,6 +480,7 @@ class Follower:
                         raise ProtocolError("END outside a transaction")
                     oids = pending.finish(message)
                     pending = None
+                    self._unsynced = True
                     last_tid = message.tid
                     if last_tid > self.source_last_tid:
                         self.source_last_tid = last_tid
@@ -526,6 +533,18 @@ class Follower:
             if snapshot is not None:
                 log.warning("discarding incomplete byte copy")
                 snapshot.abort()
+            try:
+                self._make_durable()
+            except (OSError, ValueError):
+                pass        # the storage was closed (its writes flushed)
+
+    def _make_durable(self):
+        """fsync what was applied since the last time (see groupcommit)."""
+        if self._unsynced:
+            self._unsynced = False
+            file = getattr(self.storage, "_file", None)
+            if file is not None:
+                os.fsync(file.fileno())
 
     def _file_transaction(self, message):
         """Check and parse a FILE_TXN; return it begun on our storage with
@@ -567,6 +586,7 @@ class Follower:
             delay = self._ack_delay if self._acked != last_tid else \
                 self.keep_alive_delay
             if now - self._last_sent >= delay:
+                self._make_durable()
                 self._send(sock, Ack(last_tid))
                 self._acked = last_tid
                 delay = self.keep_alive_delay

@@ -292,3 +292,68 @@ def test_live_commits_take_the_file_bytes_fast_path(cluster):
     wait_caught_up(secondary, primary)
     assert_same_history(primary, secondary)
     db.close()
+
+
+def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
+        cluster, monkeypatch):
+    """A secondary commits each transaction without FileStorage's fsync and
+    fsyncs once for a group, always before the ACK that reports them."""
+    import threading
+    from replication import groupcommit
+    events = []
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def follower_fsync(fd):          # the follower's group fsync
+        with lock:
+            events.append(("fsync", fd))
+        real_fsync(fd)
+
+    def filestorage_fsync(fd):       # FileStorage's own, per commit
+        with lock:
+            events.append(("commit-fsync", fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", follower_fsync)
+    monkeypatch.setattr(groupcommit, "_real_fsync", filestorage_fsync)
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=0)
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    fd = secondary.base._file.fileno()
+    follower = secondary.follower
+    real_send = follower._send
+
+    def send(sock, message):
+        with lock:
+            events.append(("ack", message.tid))
+        real_send(sock, message)
+
+    real_committed = follower.committed
+
+    def committed(tid, oids):
+        with lock:
+            events.append(("applied", tid))
+        real_committed(tid, oids)
+
+    monkeypatch.setattr(follower, "_send", send)
+    monkeypatch.setattr(follower, "committed", committed)
+    for i in range(50):
+        tid = commit(db, x=i)
+    wait_for(lambda: ("ack", tid) in events, "the ACK of the last commit")
+    with lock:
+        mine = [e for e in events if e[0] in ("ack", "applied") or
+                e[1] == fd]
+    assert ("commit-fsync", fd) not in mine     # no per-commit fsync
+    fsyncs = [e for e in mine if e == ("fsync", fd)]
+    assert 1 <= len(fsyncs) < 50                # groups, not one each
+    # The ACK of the last transaction comes after an fsync that came after
+    # the last transaction was applied.
+    applied, acked = mine.index(("applied", tid)), mine.index(("ack", tid))
+    assert ("fsync", fd) in mine[applied:acked]
+    assert secondary.lastTransaction() == tid
+    # A primary's own commits keep their fsync.
+    primary_fd = primary.base._file.fileno()
+    assert ("commit-fsync", primary_fd) in events
+    db.close()
