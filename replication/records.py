@@ -103,17 +103,13 @@ def encode_transaction(storage, txn, send_blobs=True):
 
 def encode_file_transaction(storage, txn):
     """The FILE_TXN encoding of ``txn`` (from ``parse_committed``), or None
-    when it needs the frames of ``encode_transaction``: a blob record,
-    whose file must follow, a record too large to go inline, or a
+    when it needs the frames of ``encode_transaction``: maybe a blob record
+    (whose file must follow), a record too large to go inline, or a
     transaction too large for one frame."""
     raw = txn.raw
-    if len(raw) > FileTxn.MAX_DATA:
+    if len(raw) > FileTxn.MAX_DATA or txn.largest > INLINE_DATA or (
+            b"ZODB.blob" in raw and is_blob_storage(storage)):
         return None
-    blobs = is_blob_storage(storage)
-    for record in txn.records:
-        if len(record.data) > INLINE_DATA or (
-                blobs and ZODB.blob.is_blob_record(record.data)):
-            return None
     digest = FileTxn.hash(raw)
     return EncodedTransaction(
         txn.tid, [FileTxn(txn.tid, txn.pos, digest, raw).encode()],
@@ -176,9 +172,10 @@ class Tail:
             self.file = file
         return self.tid
 
-    def read_committed(self, after, end):
+    def read_committed(self, after, end, records=True):
         """The transactions between tid ``after`` and file position ``end``
-        from memory, or None when only the iterator can read them."""
+        from memory (see ``parse_committed``), or None when only the
+        iterator can read them."""
         storage = self.storage
         file = getattr(storage, "_file", None)
         if (end is None or not isinstance(storage, FileStorage)
@@ -189,7 +186,7 @@ class Tail:
             data = os.pread(file.fileno(), end - self.pos, self.pos)
         except (OSError, ValueError):       # closed meanwhile
             return None
-        txns = parse_committed(data, self.pos)
+        txns = parse_committed(data, self.pos, records)
         if txns is None or len(data) != end - self.pos:
             return None
         if txns:
@@ -227,10 +224,11 @@ class Tail:
 
 class CommittedTransaction(namedtuple(
         "CommittedTransaction",
-        "tid status user description extension_bytes records pos raw")):
+        "tid status user description extension_bytes records pos raw "
+        "largest")):
     """A transaction parsed from FileStorage bytes; iterates its records
     like a storage iterator's transaction.  ``raw`` are its bytes, from
-    file position ``pos``."""
+    file position ``pos``; ``largest`` is its largest record's size."""
     __slots__ = ()
 
     def __iter__(self):
@@ -244,9 +242,10 @@ _DATA_HEADER = struct.Struct(DATA_HDR)
 _LENGTH = struct.Struct(">Q")
 
 
-def parse_committed(data, offset):
+def parse_committed(data, offset, records=True):
     """Parse whole committed FileStorage transactions from ``data``, the
-    file's bytes from position ``offset``.
+    file's bytes from position ``offset``; with ``records`` false, check
+    the data records but leave them out (``records`` is None then).
 
     Returns None for anything the storage iterator must read instead: a
     back pointer (undo), a status other than committed or packed, or bytes
@@ -270,7 +269,8 @@ def parse_committed(data, offset):
         p += dlen
         ext = data[p:p + elen]
         p += elen
-        records = []
+        found = [] if records else None
+        largest = 0
         while p < tend:
             if p + DATA_HDR_LEN > tend:
                 return None
@@ -281,12 +281,15 @@ def parse_committed(data, offset):
             p += DATA_HDR_LEN
             if p + plen > tend:
                 return None
-            records.append(CommittedRecord(oid, serial, data[p:p + plen],
-                                           None))
+            if records:
+                found.append(CommittedRecord(oid, serial, data[p:p + plen],
+                                             None))
+            if plen > largest:
+                largest = plen
             p += plen
         txns.append(CommittedTransaction(tid, status, user, desc, ext,
-                                         records, offset + pos,
-                                         data[pos:tend + 8]))
+                                         found, offset + pos,
+                                         data[pos:tend + 8], largest))
         pos = tend + 8
     return txns
 

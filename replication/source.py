@@ -37,7 +37,7 @@ from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
 from .snapshot import can_snapshot, send_snapshot
 from .records import BlobRef, Tail, encode_file_transaction, \
     encode_transaction, is_blob_storage, next_tid, open_iterator, \
-    transaction_digest
+    parse_committed, transaction_digest
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +135,13 @@ class Source:
                 return True     # a later commit's notice came first
             if self._tail.storage is not self.storage:
                 return False
-            txns = self._tail.read_committed(self._last_tid, end)
+            txns = self._tail.read_committed(self._last_tid, end,
+                                             records=False)
             if not txns:
                 return False
             encoded = [encode_file_transaction(self.storage, txn) or
-                       encode_transaction(self.storage, txn, self.send_blobs)
+                       encode_transaction(self.storage, _with_records(txn),
+                                          self.send_blobs)
                        for txn in txns]
             self._append_recent(self._last_tid, encoded)
             done = True
@@ -522,6 +524,13 @@ class Source:
                     buf.append(part)
         if buf:
             out.sendall(b"".join(buf))
+
+
+def _with_records(txn):
+    """``txn`` from ``parse_committed(..., records=False)``, parsed again
+    with its records."""
+    [whole] = parse_committed(txn.raw, txn.pos)
+    return whole
 
 
 def _send_blob(out, ref):
