@@ -175,7 +175,18 @@ class Tail:
     def read_committed(self, after, end, records=True):
         """The transactions between tid ``after`` and file position ``end``
         from memory (see ``parse_committed``), or None when only the
-        iterator can read them."""
+        iterator can read them; the tail moves past them."""
+        txns = self.peek_committed(after, end, records)
+        if txns:
+            self.advance(txns[-1].tid, end)
+        return txns
+
+    def advance(self, tid, end):
+        """The transactions up to ``tid``, ending at ``end``, were read."""
+        self.tid, self.pos = tid, end
+
+    def peek_committed(self, after, end, records=True):
+        """``read_committed`` without moving the tail."""
         storage = self.storage
         file = getattr(storage, "_file", None)
         if (end is None or not isinstance(storage, FileStorage)
@@ -189,8 +200,6 @@ class Tail:
         txns = parse_committed(data, self.pos, records)
         if txns is None or len(data) != end - self.pos:
             return None
-        if txns:
-            self.tid, self.pos = txns[-1].tid, end
         return txns
 
     def read(self, after, last, end=None):

@@ -34,7 +34,7 @@ from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
                        Snapshot, BlobFile, SnapshotEnd, FileTxn,
                        HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
-from .groupcommit import fsync_deferred
+from .fsynchooks import fsync_deferred
 from .records import is_blob_storage, parse_committed, transaction_digest
 from .snapshot import SnapshotReceiver, is_empty
 
@@ -180,7 +180,7 @@ class Follower:
     ``committed(tid, oids)`` is called on the hub after each transaction is
     committed (the secondary storage passes the invalidations on); it is
     fsynced, with the others of its group, before it is acknowledged (see
-    ``groupcommit.py``).  With
+    ``fsynchooks.py``).  With
     ``install(path, blobs) -> storage``, an empty storage accepts a byte
     copy of its source's file, which ``install`` puts in its place.
     """
@@ -539,7 +539,7 @@ class Follower:
                 pass        # the storage was closed (its writes flushed)
 
     def _make_durable(self):
-        """fsync what was applied since the last time (see groupcommit)."""
+        """fsync what was applied since the last time (see fsynchooks)."""
         if self._unsynced:
             self._unsynced = False
             file = getattr(self.storage, "_file", None)

@@ -28,7 +28,7 @@ import gevent.event
 import gevent.server
 import gevent.socket
 
-from . import protocol
+from . import fsynchooks, protocol
 from .address import format_address, parse_address
 from .hub import get_hub
 from .outbox import MAX_BACKLOG, Outbox
@@ -99,6 +99,12 @@ class Source:
         self._wakeup = None
         self._closed = False
         self._notified = None      # (tid, committed size) from committers
+        # Encoded by the hub while a committer waits for its fsync:
+        # (last tid before, end, last tid, [EncodedTransaction])
+        self._prepared = None
+        self._prepare_end = 0
+        self._prepare_wakeup = None
+        self._unhook = None
         self._tail = Tail(storage)
 
     # --- called from any thread -----------------------------------------
@@ -106,6 +112,9 @@ class Source:
     def start(self):
         self.hub.call(self._start)
         self._wakeup = self.hub.watcher(self._on_commit)
+        self._prepare_wakeup = self.hub.watcher(self._prepare)
+        self._unhook = fsynchooks.before_fsync(lambda: self.storage,
+                                               self._before_fsync)
         logger.info("serving replication of %s on %s",
                     self.storage.getName(), format_address(self.address))
         return self.address
@@ -125,24 +134,57 @@ class Source:
         if tid is None or end is None or not self._deliver(tid, end):
             self._wakeup.send()
 
+    def _before_fsync(self):
+        """In the committing thread, inside FileStorage's tpc_finish: its
+        transaction is in the file, the disk sync is next.  Let the hub
+        encode it meanwhile (``_prepare``), when secondaries want it."""
+        if self._prepare_wakeup is not None and self.secondaries:
+            # FileStorage's end of the transaction being finished
+            self._prepare_end = getattr(self.storage, "_nextpos", 0)
+            self._prepare_wakeup.send()
+
+    def _prepare(self):
+        # On the hub, while a committer waits for its fsync (GIL free).
+        end = self._prepare_end
+        with self._lock:
+            self._prepared = None
+            if not end or self._tail.storage is not self.storage:
+                return
+            after = self._last_tid
+            txns = self._tail.peek_committed(after, end, records=False)
+            if not txns:
+                return      # late: the committer has done it already
+            encoded = [encode_file_transaction(self.storage, txn)
+                       for txn in txns]
+            if None not in encoded:
+                self._prepared = (after, end, txns[-1].tid, encoded)
+
     def _deliver(self, tid, end):
         """In the committing thread: encode the transactions up to file
-        position ``end`` into the shared log and write them to the
-        secondaries following live.  True when the hub has nothing to do.
+        position ``end`` into the shared log (or take what ``_prepare``
+        encoded during the fsync) and write them to the secondaries
+        following live.  True when the hub has nothing to do.
         """
         with self._lock:
             if tid <= self._last_tid:
                 return True     # a later commit's notice came first
             if self._tail.storage is not self.storage:
                 return False
-            txns = self._tail.read_committed(self._last_tid, end,
-                                             records=False)
-            if not txns:
-                return False
-            encoded = [encode_file_transaction(self.storage, txn) or
-                       encode_transaction(self.storage, _with_records(txn),
-                                          self.send_blobs)
-                       for txn in txns]
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared[:2] == (self._last_tid,
+                                                         end):
+                _, _, last, encoded = prepared
+                self._tail.advance(last, end)
+            else:
+                txns = self._tail.read_committed(self._last_tid, end,
+                                                 records=False)
+                if not txns:
+                    return False
+                encoded = [
+                    encode_file_transaction(self.storage, txn) or
+                    encode_transaction(self.storage, _with_records(txn),
+                                       self.send_blobs)
+                    for txn in txns]
             self._append_recent(self._last_tid, encoded)
             done = True
             for secondary in self.secondaries:
@@ -189,10 +231,13 @@ class Source:
         if self._closed:
             return
         self._closed = True
+        if self._unhook is not None:
+            self._unhook()
         self.hub.call(self._stop)
-        if self._wakeup is not None:
-            self.hub.call(self._wakeup.close)
-            self._wakeup = None
+        for watcher in (self._wakeup, self._prepare_wakeup):
+            if watcher is not None:
+                self.hub.call(watcher.close)
+        self._wakeup = self._prepare_wakeup = None
 
     # --- on the hub ---------------------------------------------------------
 

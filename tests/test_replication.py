@@ -299,7 +299,7 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
     """A secondary commits each transaction without FileStorage's fsync and
     fsyncs once for a group, always before the ACK that reports them."""
     import threading
-    from replication import groupcommit
+    from replication import fsynchooks
     events = []
     lock = threading.Lock()
     real_fsync = os.fsync
@@ -315,7 +315,7 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", follower_fsync)
-    monkeypatch.setattr(groupcommit, "_real_fsync", filestorage_fsync)
+    monkeypatch.setattr(fsynchooks, "_real_fsync", filestorage_fsync)
     primary = cluster.primary()
     db = ZODB.DB(primary)
     commit(db, x=0)
@@ -357,3 +357,63 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
     primary_fd = primary.base._file.fileno()
     assert ("commit-fsync", primary_fd) in events
     db.close()
+
+
+def test_hub_encodes_during_the_primarys_fsync(cluster, monkeypatch):
+    """Just before a primary's FileStorage fsyncs a commit, the hub is
+    asked to read and encode it (the committing thread waits for the disk
+    meanwhile); the committing thread then only writes it out."""
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=0)
+    secondary = cluster.secondary(primary)
+    wait_caught_up(secondary, primary)
+    source = primary.source
+    wait_for(lambda: source.secondaries and
+             all(s.following for s in source.secondaries),
+             "the secondary to follow live")
+
+    class PrepareNow:       # the hub prepares before the fsync goes on
+        def send(self):
+            source.hub.call(source._prepare)
+
+        def close(self):
+            pass
+
+    reads = []
+    read_committed = source._tail.read_committed
+    monkeypatch.setattr(source, "_prepare_wakeup", PrepareNow())
+    monkeypatch.setattr(source._tail, "read_committed",
+                        lambda *a, **kw: reads.append(a) or
+                        read_committed(*a, **kw))
+    for i in range(5):
+        commit(db, x=i)
+    assert reads == []          # every commit used what the hub encoded
+    wait_caught_up(secondary, primary)
+    assert_same_history(primary, secondary)
+    db.close()
+
+
+def test_a_failing_before_fsync_callback_does_not_fail_the_commit(
+        tmp_path, caplog):
+    from ZODB.FileStorage import FileStorage
+    from replication import fsynchooks
+    fs = FileStorage(str(tmp_path / "Data.fs"))
+    calls = []
+
+    def callback():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    unregister = fsynchooks.before_fsync(lambda: fs, callback)
+    try:
+        db = ZODB.DB(fs)
+        commit(db, x=1)
+        assert calls and "before-fsync callback failed" in caplog.text
+        assert not fs._file.closed
+        unregister()
+        commit(db, x=2)
+        assert len(calls) == 2      # the root's creation, then x=1
+    finally:
+        unregister()
+        db.close()
