@@ -80,13 +80,16 @@ class Source:
 
     def __init__(self, storage, address, keep_alive_delay=1.0,
                  send_blobs=True, epoch=lambda: 0, hub=None, name="",
-                 ack_each=lambda: False):
+                 ack_each=lambda: False, encode_during_fsync=lambda: True):
         self.storage = storage
         self.requested_address = parse_address(address)
         self.keep_alive_delay = keep_alive_delay
         self.send_blobs = send_blobs
         self.epoch = epoch
         self.ack_each = ack_each     # do secondaries ACK every transaction?
+        # Should the hub encode a commit while its committer fsyncs?  Not
+        # when the committer sends only after answering its client anyway.
+        self.encode_during_fsync = encode_during_fsync
         self.name = name
         self.hub = hub or get_hub()
         self.address = None
@@ -138,7 +141,8 @@ class Source:
         """In the committing thread, inside FileStorage's tpc_finish: its
         transaction is in the file, the disk sync is next.  Let the hub
         encode it meanwhile (``_prepare``), when secondaries want it."""
-        if self._prepare_wakeup is not None and self.secondaries:
+        if self._prepare_wakeup is not None and self.secondaries and \
+                self.encode_during_fsync():
             # FileStorage's end of the transaction being finished
             self._prepare_end = getattr(self.storage, "_nextpos", 0)
             self._prepare_wakeup.send()

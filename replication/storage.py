@@ -236,7 +236,10 @@ class ReplicatedStorage(StorageProxy):
             self.source = Source(base, replicate_to, keep_alive_delay,
                                  send_blobs=replicate_blobs, name=self.name,
                                  epoch=lambda: self.epoch, hub=hub,
-                                 ack_each=lambda: self.sync_replicas > 0)
+                                 ack_each=lambda: self.sync_replicas > 0,
+                                 encode_during_fsync=lambda: not (
+                                     self.replicate_after_reply and
+                                     not self.sync_replicas))
             self.replication_address = self.source.start()
         if replicate_from is None:
             if self.source is None:

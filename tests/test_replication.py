@@ -417,3 +417,25 @@ def test_a_failing_before_fsync_callback_does_not_fail_the_commit(
     finally:
         unregister()
         db.close()
+
+
+def test_zeo_servers_encode_after_answering_not_during_the_fsync(cluster):
+    """In a ZEO server an asynchronous commit is sent after the client has
+    its answer, so the hub must not take the GIL during the fsync before
+    that answer; a synchronous commit is sent before it, so it should."""
+    primary = cluster.primary()
+    assert primary.source.encode_during_fsync()         # in process
+    primary.replicate_after_reply = True                 # as runzeo sets
+    assert not primary.source.encode_during_fsync()
+    primary.sync_replicas = 1
+    assert primary.source.encode_during_fsync()
+
+
+def test_our_zeo_server_sends_asynchronous_commits_after_answering(cluster):
+    from replication.runzeo import StorageServer
+    primary = cluster.primary()
+    server = StorageServer(("127.0.0.1", 0), {"1": primary})
+    try:
+        assert primary.replicate_after_reply
+    finally:
+        server.close()
