@@ -1032,6 +1032,12 @@ class ThroughZEO:
                 primary.stop()
 
 
+def settle():
+    """Write out what earlier runs left dirty in the page cache, so that
+    their writeback does not land in the next run's fsyncs."""
+    os.sync()
+
+
 def compare(workdir, configs, n, rounds, rng):
     """Run every config `rounds` times, interleaved; print and return
     [(label, median commits/s, min, max)], the first config the baseline."""
@@ -1040,6 +1046,7 @@ def compare(workdir, configs, n, rounds, rng):
         for i, (label, make) in enumerate(configs):
             progress(f"  round {r + 1}/{rounds}: {label} ...")
             name = f"tp-{i}-{r}"
+            settle()
             try:
                 rates[label].append(make(workdir, name).run(n, rng))
             finally:
@@ -1233,6 +1240,7 @@ def main(argv=None):
         if "catchup" in parts:
             results["catchup"] = bench_catchup(workdir, size_mb, rng)
         if "lag" in parts:
+            settle()
             c = results.get("catchup")
             results["lag_process"] = bench_lag_process(
                 workdir, n_paced, n_burst, rng,
