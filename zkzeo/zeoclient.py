@@ -9,6 +9,7 @@ restart.
 import logging
 
 import ZEO.asyncio.client
+import ZEO.cache
 from ZEO.ClientStorage import ClientStorage
 
 from . import zk
@@ -49,12 +50,37 @@ class _FailoverClientIO(ZEO.asyncio.client.ClientIO):
         return await super().verify(server_tid)
 
 
+class _ClientCache(ZEO.cache.ClientCache):
+    """ZEO's client cache without a bug that spoils its file.
+
+    ZEO 6's ``invalidate`` removes an object from its index of current
+    records *before* it notices that the invalidation carries the current
+    record's own tid, which it then ignores ("Ignoring invalidation with
+    same tid as current").  The record stays current in the file; the next
+    ``store`` of that object adds a second current record, and the next
+    start refuses the whole file ("Moving bad cache file").  Here such an
+    invalidation leaves everything as it was.
+    """
+
+    def invalidate(self, oid, tid):
+        with self._lock:
+            ofs = self.current.get(oid) if tid is not None else None
+            if ofs is not None:
+                self.f.seek(ofs + 13)       # status, size, oid: then tid
+                if self.f.read(8) == tid:
+                    return
+            super().invalidate(oid, tid)
+
+
 class _FailoverClientThread(ZEO.asyncio.client.ClientThread):
 
     def setup_delegation(self, loop):
         super().setup_delegation(loop)
         # ClientRunner builds a plain ClientIO; ours only adds to verify().
         self.client.__class__ = _FailoverClientIO
+        cache = self.client.cache
+        if type(cache) is ZEO.cache.ClientCache:
+            cache.__class__ = _ClientCache      # before it is used
 
 
 class ZooKeeperClientStorage(ClientStorage):
