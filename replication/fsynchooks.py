@@ -11,7 +11,7 @@ same machine waits behind.  A secondary needs less: what it acknowledges
 must be durable (the primary counts on it), what it has merely applied can
 be fetched again from its source after a crash.  So the follower applies
 transactions without fsync and fsyncs the file once before each
-acknowledgement (``Follower._make_durable``): once per burst for a
+acknowledgement (``Follower.make_durable``): once per burst for a
 synchronous source, at most every ``ACK_INTERVAL`` otherwise.  Only
 commits inside ``fsync_deferred()`` on the current thread skip the call.
 
@@ -40,15 +40,16 @@ _registry_lock = threading.Lock()
 def _fsync(fd):
     if getattr(_deferring, "active", False):
         return
-    for get_storage, callback in _announced:
-        file = getattr(get_storage(), "_file", None)
-        if file is not None and not file.closed and file.fileno() == fd:
-            try:
+    try:
+        for get_storage, callback in _announced:
+            file = getattr(get_storage(), "_file", None)
+            if file is not None and not file.closed and \
+                    file.fileno() == fd:
                 callback()
-            except Exception:
-                # Never fail a commit for this: FileStorage would close.
-                logger.exception("before-fsync callback failed")
-            break
+                break
+    except Exception:
+        # Never fail a commit for this: FileStorage would close itself.
+        logger.exception("before-fsync callback failed")
     if _real_fsync is not None:
         _real_fsync(fd)
 

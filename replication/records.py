@@ -142,6 +142,9 @@ def snapshot_point(storage):
         return storage.getSize(), storage.lastTransaction()
 
 
+MAX_READ = 8 * 1024 * 1024     # larger commits are read by the iterator
+
+
 class Tail:
     """The transactions a storage gained since the last read.
 
@@ -191,7 +194,8 @@ class Tail:
         file = getattr(storage, "_file", None)
         if (end is None or not isinstance(storage, FileStorage)
                 or self.tid != after or self.pos is None
-                or file is None or file is not self.file):
+                or file is None or file is not self.file
+                or end - self.pos > MAX_READ):
             return None
         try:
             data = os.pread(file.fileno(), end - self.pos, self.pos)

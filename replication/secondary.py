@@ -81,6 +81,8 @@ class PendingTransaction:
         self.begun = True
 
     def add_record(self, record, blob_dir):
+        if self.record is not None:
+            raise ProtocolError("RECORD inside a record")
         if record.serial != self.tid:
             raise ProtocolError(
                 f"record serial {record.serial.hex()} is not its "
@@ -436,6 +438,8 @@ class Follower:
         pending = None       # PendingTransaction being received
         snapshot = None      # SnapshotReceiver while a byte copy arrives
         last_tid = self._acked = self.storage.lastTransaction()
+        # What an earlier process applied may never have been fsynced.
+        self._unsynced = True
         self._last_sent = self._last_received = time.monotonic()
         view = memoryview(bytearray(4 << 20))
         try:
@@ -534,17 +538,20 @@ class Follower:
                 log.warning("discarding incomplete byte copy")
                 snapshot.abort()
             try:
-                self._make_durable()
-            except (OSError, ValueError):
+                self.make_durable()
+            except ValueError:
                 pass        # the storage was closed (its writes flushed)
+            except OSError as e:
+                log.error("could not fsync %s: %s", self.storage.getName(),
+                          e)
 
-    def _make_durable(self):
+    def make_durable(self):
         """fsync what was applied since the last time (see fsynchooks)."""
         if self._unsynced:
-            self._unsynced = False
             file = getattr(self.storage, "_file", None)
             if file is not None:
                 os.fsync(file.fileno())
+            self._unsynced = False
 
     def _file_transaction(self, message):
         """Check and parse a FILE_TXN; return it begun on our storage with
@@ -564,6 +571,9 @@ class Follower:
             txn.extension_bytes))
         try:
             for r in txn.records:
+                if len(r.data) > protocol.INLINE_DATA:
+                    raise ProtocolError("FILE_TXN record larger than "
+                                        "INLINE_DATA")
                 if self.blob_dir is not None and \
                         ZODB.blob.is_blob_record(r.data):
                     raise ProtocolError("blob record in a FILE_TXN")
@@ -586,7 +596,7 @@ class Follower:
             delay = self._ack_delay if self._acked != last_tid else \
                 self.keep_alive_delay
             if now - self._last_sent >= delay:
-                self._make_durable()
+                self.make_durable()
                 self._send(sock, Ack(last_tid))
                 self._acked = last_tid
                 delay = self.keep_alive_delay

@@ -132,10 +132,21 @@ class Source:
             previous = self._notified
             if previous is None or tid > previous[0]:
                 self._notified = (tid, end)
-        if self._wakeup is None or not self.secondaries:
+        wakeup = self._wakeup
+        if wakeup is None or not self.secondaries:
             return
-        if tid is None or end is None or not self._deliver(tid, end):
-            self._wakeup.send()
+        try:
+            done = tid is not None and end is not None and \
+                self._deliver(tid, end)
+        except Exception:
+            # The commit is durable already: never fail it for this.
+            logger.exception("could not send a new transaction at once; "
+                             "the replication thread will")
+            with self._lock:
+                self._tail = Tail(self.storage)   # read it the long way
+            done = False
+        if not done:
+            wakeup.send()
 
     def _before_fsync(self):
         """In the committing thread, inside FileStorage's tpc_finish: its
@@ -196,6 +207,8 @@ class Source:
                     done = False
                     continue
                 for enc in encoded:
+                    if enc.tid <= secondary.sent_tid:
+                        continue    # it had it already (a byte copy)
                     if len(enc.parts) > 1 or \
                             secondary.out.backlog > MAX_BACKLOG:
                         # Blob files, or a slow secondary: the hub sends.
@@ -322,7 +335,7 @@ class Source:
                 self._tail = Tail(storage)
                 self._clear_recent()
                 self._last_tid = self._tail.at_end()
-                self._notified = None
+                self._notified = self._prepared = None
                 for s in list(self.secondaries):
                     s.following = False
                     s.out.close()  # they reconnect and are checked again
@@ -525,8 +538,9 @@ class Source:
                 catchup = _close(catchup)
                 if not changed.wait(self.keep_alive_delay):
                     # A commit racing with this secondary's arrival may
-                    # have skipped its wake-up: look for ourselves.
-                    self._on_commit(from_committer=False)
+                    # have been left to us (look without waiting for the
+                    # storage's lock, which a commit holds in its fsync).
+                    self._on_commit()
                     out.write(Heartbeat(self.epoch(),
                                         self._last_tid).encode())
                 continue

@@ -417,6 +417,10 @@ class ReplicatedStorage(StorageProxy):
         if db is not None:
             db.invalidate(tid, oids)
         if self.source is not None:
+            if self.source.secondaries and self.follower is not None:
+                # Never hand on what a crash here could take back: the
+                # secondaries fed from here would be ahead of us.
+                self.follower.make_durable()
             self.source.notify_commit(tid, self._committed_size())
 
     def _install_snapshot(self, path, blobs):

@@ -205,7 +205,8 @@ def test_secondary_refuses_a_source_of_an_older_epoch(cluster):
     db.close()
 
 
-def test_every_transaction_arrives_while_secondaries_come_and_go(cluster):
+def test_every_transaction_arrives_while_secondaries_come_and_go(cluster,
+                                                                 caplog):
     """Committers write live transactions to following secondaries
     themselves, the hub sends everything else (catch-up, blobs, undo's
     back pointers, a reconnect): the hand-over between the two must neither
@@ -265,6 +266,10 @@ def test_every_transaction_arrives_while_secondaries_come_and_go(cluster):
         if s is not primary:
             wait_caught_up(s, primary)
             assert_same_history(primary, s)
+    # Nothing was sent twice or out of order either (a secondary would
+    # have refused it, logged an error and reconnected).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR
+                and r.name.startswith("replication")]
     db.close()
 
 
@@ -299,7 +304,7 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
     """A secondary commits each transaction without FileStorage's fsync and
     fsyncs once for a group, always before the ACK that reports them."""
     import threading
-    from replication import fsynchooks
+    from replication import fsynchooks, protocol
     events = []
     lock = threading.Lock()
     real_fsync = os.fsync
@@ -316,10 +321,12 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
 
     monkeypatch.setattr(os, "fsync", follower_fsync)
     monkeypatch.setattr(fsynchooks, "_real_fsync", filestorage_fsync)
+    # One group for the 50 commits however slow this machine is.
+    monkeypatch.setattr(protocol, "ACK_INTERVAL", 2.0)
     primary = cluster.primary()
     db = ZODB.DB(primary)
     commit(db, x=0)
-    secondary = cluster.secondary(primary)
+    secondary = cluster.secondary(primary, keep_alive_delay=5)
     wait_caught_up(secondary, primary)
     fd = secondary.base._file.fileno()
     follower = secondary.follower
@@ -363,7 +370,7 @@ def test_hub_encodes_during_the_primarys_fsync(cluster, monkeypatch):
     """Just before a primary's FileStorage fsyncs a commit, the hub is
     asked to read and encode it (the committing thread waits for the disk
     meanwhile); the committing thread then only writes it out."""
-    primary = cluster.primary()
+    primary = cluster.primary(keep_alive_delay=30)    # no heartbeat reads
     db = ZODB.DB(primary)
     commit(db, x=0)
     secondary = cluster.secondary(primary)
@@ -439,3 +446,45 @@ def test_our_zeo_server_sends_asynchronous_commits_after_answering(cluster):
         assert primary.replicate_after_reply
     finally:
         server.close()
+
+
+def test_a_chain_forwards_only_what_it_has_fsynced(cluster, monkeypatch):
+    """A secondary that feeds others fsyncs a transaction before it hands
+    it on: after a crash it must never be behind its own secondaries."""
+    import threading
+    events = []
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def follower_fsync(fd):
+        with lock:
+            events.append(("fsync", fd))
+        real_fsync(fd)
+
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    commit(db, x=0)
+    middle = cluster.secondary(primary, name="middle",
+                               replicate_to="127.0.0.1:0")
+    end = cluster.secondary(middle, name="end")
+    wait_caught_up(end, primary)
+    wait_for(lambda: middle.source.secondaries, "the end to connect")
+    fd = middle.base._file.fileno()
+    real_notify = middle.source.notify_commit
+
+    def notify_commit(tid=None, end=None):
+        with lock:
+            events.append(("forward", tid))
+        real_notify(tid, end)
+
+    monkeypatch.setattr(os, "fsync", follower_fsync)
+    monkeypatch.setattr(middle.source, "notify_commit", notify_commit)
+    tids = [commit(db, x=i) for i in range(1, 6)]
+    wait_caught_up(end, primary)
+    with lock:
+        seen = [e for e in events if e[0] == "forward" or e[1] == fd]
+    for tid in tids:
+        forwarded = seen.index(("forward", tid))
+        assert ("fsync", fd) in seen[:forwarded]
+        seen = seen[forwarded + 1:]
+    db.close()
