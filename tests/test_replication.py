@@ -77,7 +77,8 @@ def test_undo_and_status_survive_replication(cluster):
     db.close()
 
 
-def test_chain_and_live_invalidations_to_secondary_connections(cluster):
+def chain(cluster):
+    """primary -> middle -> end, all with x=0: (primary, db, middle, end)"""
     primary = cluster.primary()
     db = ZODB.DB(primary)
     commit(db, x=0)
@@ -85,6 +86,35 @@ def test_chain_and_live_invalidations_to_secondary_connections(cluster):
                                replicate_to="127.0.0.1:0")
     end = cluster.secondary(middle, name="end")
     wait_caught_up(end, primary)
+    return primary, db, middle, end
+
+
+class FsyncRecorder:
+    """Records ("fsync", fd) for os.fsync (a follower's group fsyncs),
+    and whatever else a test adds, in one ordered list."""
+
+    def __init__(self, monkeypatch):
+        import threading
+        self.events = []
+        self.lock = threading.Lock()
+        self.real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", self.fsync)
+
+    def add(self, event):
+        with self.lock:
+            self.events.append(event)
+
+    def fsync(self, fd):
+        self.add(("fsync", fd))
+        self.real_fsync(fd)
+
+    def seen(self, keep):
+        with self.lock:
+            return [e for e in self.events if keep(e)]
+
+
+def test_chain_and_live_invalidations_to_secondary_connections(cluster):
+    primary, db, middle, end = chain(cluster)
     edb = ZODB.DB(end)
     conn = edb.open()
     assert conn.root.x == 0
@@ -303,23 +333,13 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
         cluster, monkeypatch):
     """A secondary commits each transaction without FileStorage's fsync and
     fsyncs once for a group, always before the ACK that reports them."""
-    import threading
     from replication import fsynchooks, protocol
-    events = []
-    lock = threading.Lock()
-    real_fsync = os.fsync
-
-    def follower_fsync(fd):          # the follower's group fsync
-        with lock:
-            events.append(("fsync", fd))
-        real_fsync(fd)
+    record = FsyncRecorder(monkeypatch)
 
     def filestorage_fsync(fd):       # FileStorage's own, per commit
-        with lock:
-            events.append(("commit-fsync", fd))
-        real_fsync(fd)
+        record.add(("commit-fsync", fd))
+        record.real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", follower_fsync)
     monkeypatch.setattr(fsynchooks, "_real_fsync", filestorage_fsync)
     # One group for the 50 commits however slow this machine is.
     monkeypatch.setattr(protocol, "ACK_INTERVAL", 2.0)
@@ -330,28 +350,16 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
     wait_caught_up(secondary, primary)
     fd = secondary.base._file.fileno()
     follower = secondary.follower
-    real_send = follower._send
-
-    def send(sock, message):
-        with lock:
-            events.append(("ack", message.tid))
-        real_send(sock, message)
-
-    real_committed = follower.committed
-
-    def committed(tid, oids):
-        with lock:
-            events.append(("applied", tid))
-        real_committed(tid, oids)
-
-    monkeypatch.setattr(follower, "_send", send)
-    monkeypatch.setattr(follower, "committed", committed)
+    real_send, real_committed = follower._send, follower.committed
+    monkeypatch.setattr(follower, "_send", lambda sock, message: (
+        record.add(("ack", message.tid)), real_send(sock, message)))
+    monkeypatch.setattr(follower, "committed", lambda tid, oids: (
+        record.add(("applied", tid)), real_committed(tid, oids)))
     for i in range(50):
         tid = commit(db, x=i)
-    wait_for(lambda: ("ack", tid) in events, "the ACK of the last commit")
-    with lock:
-        mine = [e for e in events if e[0] in ("ack", "applied") or
-                e[1] == fd]
+    wait_for(lambda: ("ack", tid) in record.seen(lambda e: True),
+             "the ACK of the last commit")
+    mine = record.seen(lambda e: e[0] in ("ack", "applied") or e[1] == fd)
     assert ("commit-fsync", fd) not in mine     # no per-commit fsync
     fsyncs = [e for e in mine if e == ("fsync", fd)]
     assert 1 <= len(fsyncs) < 50                # groups, not one each
@@ -362,7 +370,7 @@ def test_secondary_fsyncs_groups_of_transactions_before_it_acks(
     assert secondary.lastTransaction() == tid
     # A primary's own commits keep their fsync.
     primary_fd = primary.base._file.fileno()
-    assert ("commit-fsync", primary_fd) in events
+    assert ("commit-fsync", primary_fd) in record.seen(lambda e: True)
     db.close()
 
 
@@ -451,38 +459,16 @@ def test_our_zeo_server_sends_asynchronous_commits_after_answering(cluster):
 def test_a_chain_forwards_only_what_it_has_fsynced(cluster, monkeypatch):
     """A secondary that feeds others fsyncs a transaction before it hands
     it on: after a crash it must never be behind its own secondaries."""
-    import threading
-    events = []
-    lock = threading.Lock()
-    real_fsync = os.fsync
-
-    def follower_fsync(fd):
-        with lock:
-            events.append(("fsync", fd))
-        real_fsync(fd)
-
-    primary = cluster.primary()
-    db = ZODB.DB(primary)
-    commit(db, x=0)
-    middle = cluster.secondary(primary, name="middle",
-                               replicate_to="127.0.0.1:0")
-    end = cluster.secondary(middle, name="end")
-    wait_caught_up(end, primary)
+    primary, db, middle, end = chain(cluster)
     wait_for(lambda: middle.source.secondaries, "the end to connect")
     fd = middle.base._file.fileno()
+    record = FsyncRecorder(monkeypatch)
     real_notify = middle.source.notify_commit
-
-    def notify_commit(tid=None, end=None):
-        with lock:
-            events.append(("forward", tid))
-        real_notify(tid, end)
-
-    monkeypatch.setattr(os, "fsync", follower_fsync)
-    monkeypatch.setattr(middle.source, "notify_commit", notify_commit)
+    monkeypatch.setattr(middle.source, "notify_commit", lambda tid, end: (
+        record.add(("forward", tid)), real_notify(tid, end)))
     tids = [commit(db, x=i) for i in range(1, 6)]
     wait_caught_up(end, primary)
-    with lock:
-        seen = [e for e in events if e[0] == "forward" or e[1] == fd]
+    seen = record.seen(lambda e: e[0] == "forward" or e[1] == fd)
     for tid in tids:
         forwarded = seen.index(("forward", tid))
         assert ("fsync", fd) in seen[:forwarded]
