@@ -102,6 +102,7 @@ class Source:
         self._wakeup = None
         self._closed = False
         self._notified = None      # (tid, committed size) from committers
+        self._notified_lock = threading.Lock()
         # Encoded by the hub while a committer waits for its fsync:
         # (last tid before, end, last tid, [EncodedTransaction])
         self._prepared = None
@@ -129,9 +130,10 @@ class Source:
         Without secondaries there is nothing to do: a secondary that
         connects reads the storage's last transaction itself."""
         if tid is not None:
-            previous = self._notified
-            if previous is None or tid > previous[0]:
-                self._notified = (tid, end)
+            with self._notified_lock:   # committers may race: never back
+                previous = self._notified
+                if previous is None or tid > previous[0]:
+                    self._notified = (tid, end)
         wakeup = self._wakeup
         if wakeup is None or not self.secondaries:
             return
