@@ -452,12 +452,8 @@ class Follower:
                 if isinstance(message, FileTxn):
                     # A whole transaction in one frame: checked, parsed and
                     # stored here, then finished like TXN...END.
-                    if pending is not None or snapshot is not None:
-                        raise ProtocolError("FILE_TXN inside a transaction")
-                    if message.tid <= last_tid:
-                        raise ProtocolError(
-                            f"transaction {message.tid.hex()} is not after "
-                            f"our last one {last_tid.hex()}")
+                    _check_new_transaction("FILE_TXN", message.tid, last_tid,
+                                           pending, snapshot)
                     pending = self._file_transaction(message)
                     message = End(message.tid, pending.digest.digest())
                 if isinstance(message, Record):
@@ -472,12 +468,8 @@ class Follower:
                     else:
                         raise ProtocolError("CHUNK outside a transaction")
                 elif isinstance(message, Txn):
-                    if pending is not None or snapshot is not None:
-                        raise ProtocolError("TXN inside a transaction")
-                    if message.tid <= last_tid:
-                        raise ProtocolError(
-                            f"transaction {message.tid.hex()} is not after "
-                            f"our last one {last_tid.hex()}")
+                    _check_new_transaction("TXN", message.tid, last_tid,
+                                           pending, snapshot)
                     pending = PendingTransaction(self.storage, message)
                 elif isinstance(message, End):
                     if pending is None:
@@ -618,6 +610,15 @@ class Follower:
     def _send(self, sock, message):
         sock.sendall(message.encode())
         self._last_sent = time.monotonic()
+
+
+def _check_new_transaction(what, tid, last_tid, pending, snapshot):
+    """A transaction may begin only between others, after our last one."""
+    if pending is not None or snapshot is not None:
+        raise ProtocolError(f"{what} inside a transaction")
+    if tid <= last_tid:
+        raise ProtocolError(f"transaction {tid.hex()} is not after our last "
+                            f"one {last_tid.hex()}")
 
 
 def _connect(address):

@@ -317,9 +317,7 @@ class Source:
             # Nobody to send them to: remember where the file ends, for
             # the committers' next read.
             self._clear_recent()
-            if self._tail.storage is not self.storage:
-                self._tail = Tail(self.storage)
-            self._last_tid = max(last, self._tail.at_end())
+            self._last_tid = max(last, self._current_tail().at_end())
             return
         previous, self._last_tid = self._last_tid, last
         for secondary in self.secondaries:
@@ -347,12 +345,16 @@ class Source:
         self._recent, self._recent_tids, self._recent_bytes = [], [], 0
         self._recent_base = None
 
-    def _extend_recent(self, previous, end=None):
+    def _current_tail(self):
         if self._tail.storage is not self.storage:
             self._tail = Tail(self.storage)   # a byte copy replaced it
+        return self._tail
+
+    def _extend_recent(self, previous, end=None):
         self._append_recent(previous, [
             encode_transaction(self.storage, txn, self.send_blobs)
-            for txn in self._tail.read(previous, self._last_tid, end)])
+            for txn in self._current_tail().read(previous, self._last_tid,
+                                                 end)])
 
     def _append_recent(self, previous, encoded):
         # The shared log is contiguous: it must continue from `previous`.
