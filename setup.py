@@ -24,7 +24,7 @@ setup(
         "zodburi",
     ],
     extras_require={
-        "test": ["pytest", "zope.testing", "manuel", "zc.buildout",
+        "test": ["pytest", "pytest-timeout", "zope.testing", "manuel", "zc.buildout",
                  "sphinx", "myst-parser"],
     },
     entry_points={

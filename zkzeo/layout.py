@@ -25,6 +25,16 @@ PRIMARY = "primary"
 SECONDARY = "secondary"
 ROLES = (PRIMARY, SECONDARY)
 
+# What a secondary says of its replication (``ServerInfo.replication_state``):
+# only a FOLLOWING secondary (caught up with its source and applying the
+# live stream) gets clients and may be elected.
+FOLLOWING = "following"
+CATCHING_UP = "catching-up"      # connected, applying the backlog
+CONNECTING = "connecting"        # no stream yet (or it was lost)
+DIVERGED = "diverged"            # stopped: its history differs
+STOPPED = "stopped"              # not replicating at all
+REPLICATION_STATES = (FOLLOWING, CATCHING_UP, CONNECTING, DIVERGED, STOPPED)
+
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/]+))"
                         r":(?P<port>\d{1,5})$")
 _HOSTS = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+(,[A-Za-z0-9_.\-\[\]:]+)*$")
@@ -134,6 +144,12 @@ class ServerInfo:
     epoch: int = 0
     pid: int = 0
     replication: str = None
+    # A primary says True only while it accepts commits (it holds the
+    # current epoch, a live session and a fresh lease); clients that write
+    # go only to such a server.
+    writable: bool = False
+    # A secondary's replication state (one of REPLICATION_STATES).
+    replication_state: str = None
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -152,15 +168,23 @@ class ServerInfo:
         if role not in ROLES:
             raise LayoutError(f"server node {child!r} has unknown role "
                               f"{role!r}")
-        known = {"name", "role", "epoch", "pid", "replication"}
+        state = value.get("replication_state")
+        if state is not None and state not in REPLICATION_STATES:
+            raise LayoutError(f"server node {child!r} has unknown "
+                              f"replication state {state!r}")
+        known = {"name", "role", "epoch", "pid", "replication", "writable",
+                 "replication_state"}
         return cls(name, role, address, int(value.get("epoch") or 0),
                    int(value.get("pid") or 0), value.get("replication"),
+                   value.get("writable") is True, state,
                    {k: v for k, v in value.items() if k not in known})
 
     def to_bytes(self):
         value = dict(self.extra)
         value.update(name=self.name, role=self.role, epoch=self.epoch,
-                     pid=self.pid, replication=self.replication)
+                     pid=self.pid, replication=self.replication,
+                     writable=self.writable,
+                     replication_state=self.replication_state)
         return json.dumps(value, sort_keys=True).encode()
 
     @property
