@@ -322,6 +322,14 @@ class ReplicatedStorage(StorageProxy):
         if value and self.source is not None:
             self.source.wake_waiters()     # commits waiting for ACKs fail
 
+    def finish_commits_in_flight(self):
+        """Return once no commit holds the storage's commit lock (one in
+        flight fails at its vote or finish once fenced)."""
+        lock = getattr(self.base, "_commit_lock", None)  # FileStorage's
+        if lock is not None:
+            with lock:
+                pass
+
     def lease_valid(self):
         lease = self.lease_until
         return lease is None or time.monotonic() < lease
