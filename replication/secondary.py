@@ -147,7 +147,10 @@ class PendingTransaction:
         self.oids.append(record.oid)
         self.record = None
 
-    def finish(self, end):
+    def finish(self, end, invalidate):
+        """Vote and finish; ``invalidate(tid, oids)`` runs inside
+        ``tpc_finish``, before the storage's ``lastTransaction()`` moves
+        (ZODB's order: a reader never sees the new tid without them)."""
         if self.record is not None:
             raise ProtocolError("END inside a record")
         if end.tid != self.tid:
@@ -160,7 +163,8 @@ class PendingTransaction:
                 "data was corrupted on the way; nothing was committed")
         with fsync_deferred():      # the follower fsyncs before it ACKs
             self.storage.tpc_vote(self.meta)
-            self.storage.tpc_finish(self.meta)
+            self.storage.tpc_finish(
+                self.meta, lambda tid: invalidate(tid, self.oids))
         self.begun = False
         return self.oids
 
@@ -179,16 +183,18 @@ class PendingTransaction:
 class Follower:
     """Follows one source and applies its transactions to ``storage``.
 
-    ``committed(tid, oids)`` is called on the hub after each transaction is
-    committed (the secondary storage passes the invalidations on); it is
-    fsynced, with the others of its group, before it is acknowledged (see
+    ``invalidate(tid, oids)`` is called on the hub from inside each
+    transaction's ``tpc_finish`` (the secondary storage passes the
+    invalidations on to its DB there, before ``lastTransaction()`` moves),
+    ``committed(tid, oids)`` after it is committed; it is fsynced, with the
+    others of its group, before it is acknowledged (see
     ``fsynchooks.py``).  With
     ``install(path, blobs) -> storage``, an empty storage accepts a byte
     copy of its source's file, which ``install`` puts in its place.
     """
 
     def __init__(self, storage, source_address, committed, install=None,
-                 rewind=None,
+                 rewind=None, invalidate=lambda tid, oids: None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, seen_epoch=lambda epoch: None,
                  reconnect_min=0.1, reconnect_max=5.0, hub=None):
@@ -196,6 +202,7 @@ class Follower:
         self.storage = storage
         self.source_address = source_address
         self.committed = committed
+        self.invalidate = invalidate
         self.install = install
         self.rewind = rewind
         self.keep_alive_delay = keep_alive_delay
@@ -474,7 +481,7 @@ class Follower:
                 elif isinstance(message, End):
                     if pending is None:
                         raise ProtocolError("END outside a transaction")
-                    oids = pending.finish(message)
+                    oids = pending.finish(message, self.invalidate)
                     pending = None
                     self._unsynced = True
                     last_tid = message.tid

@@ -253,7 +253,7 @@ class ReplicatedStorage(StorageProxy):
 
     def _follow(self, source):
         self.follower = Follower(
-            self.base, source, self._committed,
+            self.base, source, self._committed, invalidate=self._invalidate,
             install=self._install_snapshot if self._reopen else None,
             rewind=self._rewind if self._reopen and self.rewind_divergent
             else None,
@@ -411,11 +411,18 @@ class ReplicatedStorage(StorageProxy):
         return self.base.getSize() if snapshot.can_snapshot(self.base) \
             else None
 
-    def _committed(self, tid, oids):
-        # On the replication hub, after a replicated commit.
+    def _invalidate(self, tid, oids):
+        # On the replication hub, inside the base storage's tpc_finish of a
+        # replicated commit, before its lastTransaction() moves to tid:
+        # ZODB's order.  The other order lets a reader start at tid while
+        # its cache still holds what tid changed: a torn snapshot.
         db = self._db
         if db is not None:
             db.invalidate(tid, oids)
+
+    def _committed(self, tid, oids):
+        # On the replication hub, after a replicated commit (invalidated
+        # already, see _invalidate).
         if self.source is not None:
             if self.source.secondaries and self.follower is not None:
                 # Never hand on what a crash here could take back: the
