@@ -14,6 +14,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
 from . import snapshot
+from .recovery import recover_torn_transaction
 from .secondary import Follower
 from .source import Source
 
@@ -207,6 +208,12 @@ class ReplicatedStorage(StorageProxy):
                  sync_block=False, replicate_blobs=True, name="",
                  reconnect_max=5.0, reopen=None, epoch=0,
                  rewind_divergent=False, hub=None):
+        if reopen is None and snapshot.can_snapshot(base):
+            reopen = _filestorage_reopener(base)
+        if reopen is not None:
+            # A crash between tpc_vote and tpc_finish leaves a last tid that
+            # is in no file; nothing here may start from it.
+            base = recover_torn_transaction(base, reopen)
         StorageProxy.__init__(self, base)
         self.name = name or base.getName()
         self.keep_alive_delay = keep_alive_delay
@@ -226,8 +233,6 @@ class ReplicatedStorage(StorageProxy):
         self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
         self._role_lock = threading.RLock()
-        if reopen is None and snapshot.can_snapshot(base):
-            reopen = _filestorage_reopener(base)
         self._reopen = reopen
         self.source = None
         self.replication_address = None
@@ -473,10 +478,22 @@ class ReplicatedStorage(StorageProxy):
 
     # --- status and closing -------------------------------------------------
 
+    def replication_state(self):
+        """None for a primary; for a secondary, how it replicates: one of
+        ``replication.secondary.REPLICATION_STATES`` ("connecting",
+        "catching-up", "following", "diverged", "stopped").  Only a
+        "following" secondary has its source's data up to the moment it
+        connected, and is applying the live stream."""
+        follower = self.follower
+        if self.role is Role.PRIMARY or follower is None:
+            return None
+        return follower.state.value
+
     def replication_status(self):
         status = {"role": self.role.value, "epoch": self.epoch,
                   "fenced": self.fenced,
-                  "last_tid": self.lastTransaction().hex()}
+                  "last_tid": self.lastTransaction().hex(),
+                  "replication_state": self.replication_state()}
         if self.follower is not None:
             status.update(self.follower.status())
         if self.source is not None:
