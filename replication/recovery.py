@@ -11,15 +11,14 @@ secondary's handshake cannot read its own last transaction, clients are
 told of a tid that does not exist, an election compares it.
 
 ``recover_torn_transaction`` runs right after a replicated storage's
-FileStorage is opened: when the last transaction is not in the file, it
-keeps any bytes past the last complete transaction in a file next to
-Data.fs (never deleting anything), cuts the file there, opens it again and
-says so in one warning.
+FileStorage is opened: when the last transaction is not in the file (which
+FileStorage has cut back to its last complete transaction, keeping the cut
+bytes), it opens the file again, which then names the right one, and says
+so in one warning.  tests/test_recovery.py checks FileStorage's part too.
 """
 import glob
 import logging
 import os
-import shutil
 
 from ZODB.FileStorage import FileStorage
 
@@ -59,9 +58,8 @@ def recover_torn_transaction(storage, reopen):
         return storage
     path = storage.getName()
     torn = storage.lastTransaction()
-    end = storage.getSize()     # the end of the last complete transaction
     storage.close()
-    kept = _cut_after(path, end, torn) or _newest_truncation_copy(path)
+    kept = _newest_truncation_copy(path)
     storage = reopen()
     if not last_transaction_is_whole(storage):
         last = storage.lastTransaction()
@@ -71,30 +69,13 @@ def recover_torn_transaction(storage, reopen):
             "even after reopening it; move the file aside and rebuild this "
             "server from another one")
     logger.warning(
-        "%s: transaction %s was torn by a crash (written, never committed) "
-        "and is cut off, %s; reopened at the last complete transaction %s",
+        "%s: its last transaction %s was torn by a crash (written, never "
+        "committed) and was cut off (%s); reopened at the last complete "
+        "transaction %s",
         path, torn.hex(),
         f"its bytes are kept in {kept}" if kept else "no bytes of it were "
         "left", storage.lastTransaction().hex())
     return storage
-
-
-def _cut_after(path, end, torn):
-    """Move the bytes of ``path`` after ``end`` into a file next to it;
-    return that file's name, or None when there were none.  (FileStorage
-    has normally done this when it opened the file.)"""
-    size = os.path.getsize(path)
-    if size <= end:
-        return None
-    aside = f"{path}.torn-{torn.hex()}"
-    with open(path, "rb+") as f, open(aside, "wb") as out:
-        f.seek(end)
-        shutil.copyfileobj(f, out)
-        out.flush()
-        os.fsync(out.fileno())
-        f.truncate(end)
-        os.fsync(f.fileno())
-    return aside
 
 
 def _newest_truncation_copy(path):
