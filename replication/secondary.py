@@ -304,6 +304,7 @@ class Follower:
     def _run(self):
         delay = self.reconnect_min
         log = logger
+        unexpected = None       # the last unexpected error, said in full
         while True:
             source = self.source_address
             address = source() if callable(source) else source
@@ -377,8 +378,15 @@ class Follower:
                 sock.close()
                 raise
             except Exception as e:
-                self._set_state(State.CONNECTING, f"{type(e).__name__}: {e}")
-                log.exception("replication error")
+                problem = f"{type(e).__name__}: {e}"
+                self._set_state(State.CONNECTING, problem)
+                if problem == unexpected:
+                    # The same again: the traceback was logged already.
+                    log.error("replication error again: %s; retrying",
+                              problem)
+                else:
+                    log.exception("replication error")
+                unexpected = problem
             finally:
                 if self.state in (State.FOLLOWING, State.CATCHING_UP):
                     self._set_state(State.CONNECTING, self.problem)
@@ -387,6 +395,8 @@ class Follower:
             # Start again quickly only after a session that got somewhere;
             # a failure that repeats after the handshake backs off too.
             progressed = self.storage.lastTransaction() != last_before
+            if progressed:
+                unexpected = None
             delay = self.reconnect_min if progressed else \
                 min(delay * 2, self.reconnect_max)
             gevent.sleep(delay)

@@ -9,16 +9,19 @@ checked here as a conversation with a source the test scripts frame by
 frame.
 """
 import hashlib
+import logging
 import socket
 
 import pytest
 import ZODB
 from ZODB.FileStorage import FileStorage
+from ZODB.utils import p64
 
 import zkzeo.layout
 from replication import protocol
-from replication.protocol import (Chunk, FrameReader, Hello,
-                                  Snapshot, SnapshotEnd, Welcome, Z64)
+from replication.protocol import (HAS_DATA, HAS_DATA_TXN, Chunk,
+                                  FrameReader, Hello, Record, Snapshot,
+                                  SnapshotEnd, Txn, Welcome, Z64)
 from replication.records import encode_transaction
 from replication.secondary import REPLICATION_STATES
 from tests.replication_support import Cluster, commit, wait_caught_up
@@ -183,3 +186,29 @@ def test_a_following_secondary_of_a_real_primary_has_its_data(cluster):
         wait_caught_up(secondary, primary)
     finally:
         db.close()
+
+
+def test_an_unexpected_error_that_repeats_is_told_in_full_once(
+        cluster, source, caplog):
+    # A record whose back pointer names a transaction the secondary does
+    # not have: its storage refuses it (not a protocol error).  The
+    # follower retries, but logs the traceback only the first time.
+    tid = p64(1 << 60)
+    bad = Txn(tid, b" ", b"", b"", b"").encode() + Record(
+        p64(0), tid, p64(12345), HAS_DATA | HAS_DATA_TXN, 4, 0,
+        b"data").encode()
+    caplog.set_level(logging.INFO, "replication")
+    secondary = cluster.secondary(source.address, blobs=False,
+                                  keep_alive_delay=5)
+    for attempt in range(3):
+        source.accept()
+        source.say(protocol.preamble(), Welcome(0, tid, 0).encode(), bad)
+        wait_for(lambda: len([r for r in caplog.records
+                              if "replication error" in r.getMessage()])
+                 > attempt, "the follower to fail on the record")
+        source.hang_up()
+    errors = [r for r in caplog.records
+              if "replication error" in r.getMessage()]
+    assert [bool(r.exc_info) for r in errors] == [True, False, False]
+    assert "UndoError" in errors[1].getMessage()
+    assert secondary.replication_state() == "connecting"
