@@ -18,11 +18,11 @@ would fail the same way.
 
 States (``Follower.state``, changed only by ``_set_state``)::
 
-    CONNECTING --handshake--> CATCHING_UP --at the source's last tid--> FOLLOWING
-        ^                          |                                     |
-        +------ connection lost ---+-------------------------------------+
-    any --divergent history--> DIVERGED      any --stop(), or a handshake
-                                                   that cannot work--> STOPPED
+    CONNECTING --handshake--> CATCHING_UP --at the source's tail--> FOLLOWING
+        ^                          |                                   |
+        +----- connection lost ----+-----------------------------------+
+    any --divergent history--> DIVERGED
+    any --stop(), or a handshake that cannot work--> STOPPED
 
 CATCHING_UP means connected but not yet at the last transaction the source
 reported (in WELCOME or a heartbeat): applying the backlog, or receiving a
