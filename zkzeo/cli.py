@@ -244,7 +244,9 @@ def withdraw(cluster, intent, version):
         say(f"could not withdraw the {intent.action} request: {e}")
 
 
-def check_target(snapshot, name):
+def check_target(snapshot, name, now=True):
+    """CommandError unless ``name`` (if given) is a live secondary that
+    could take over (``now``), or will once it has caught up."""
     if name is None:
         return
     server = snapshot.by_name(name)
@@ -253,7 +255,7 @@ def check_target(snapshot, name):
                          if s.role == SECONDARY) or "none"
         raise CommandError(f"{name} is not a live secondary of "
                            f"{snapshot.path} (live: {live})")
-    if not ha.is_candidate(server, snapshot.state.epoch):
+    if now and not ha.is_candidate(server, snapshot.state.epoch, True):
         raise CommandError(
             f"{name} cannot become primary now: it is "
             f"{server.replication_state or 'not replicating'} and has not "
@@ -283,7 +285,7 @@ def cmd_switchover(cluster, args):
         raise CommandError(f"primary {state.primary} is not registered: a "
                            "switchover needs a live primary; use "
                            "'zkzeo promote'")
-    check_target(snapshot, args.to)
+    check_target(snapshot, args.to, now=False)
     say(f"asking {state.primary} to hand over to "
         f"{args.to or 'a caught-up secondary'}")
     return carry_out(cluster, snapshot, Intent(SWITCHOVER, args.to),
