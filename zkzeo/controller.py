@@ -59,6 +59,8 @@ class Controller:
         self._followed_epoch = None
         self._position = None        # (epoch, last tid) published
         self._frozen_tid = None      # where a switchover froze us
+        self._highest_epoch = storage.epoch
+        self._refused = None         # the cluster state last refused
         self.lease = Lease(zk, view.path, registration, storage,
                            config.session_timeout, on_change=self._wake.set)
         view.on_change = lambda snapshot: self._wake.set()
@@ -181,6 +183,8 @@ class Controller:
             if self._stopping:
                 break
             snapshot = self.view.snapshot
+            if not self._acceptable(snapshot.state):
+                continue
             try:
                 me = self.me(snapshot)
                 if me.session_ok:
@@ -208,6 +212,25 @@ class Controller:
                 logger.exception("%s could not %s; trying again", self.name,
                                  action.value)
                 self._retry_soon()
+
+    def _acceptable(self, state):
+        """Epochs only grow: a cluster state going back (written by hand,
+        or by a hostile client) is refused, loudly, and nothing acts on it.
+        """
+        if state.epoch >= self._highest_epoch:
+            self._highest_epoch = state.epoch
+            self._refused = None
+            return True
+        if state != self._refused:
+            self._refused = state
+            logger.critical(
+                "%s refuses the cluster state of %s: its epoch %d is older "
+                "than epoch %d, which this server has seen; someone wrote "
+                "it by hand or without compare-and-set.  Restore the epoch "
+                "and check who can "
+                "write to ZooKeeper (docs/security.md)", self.name,
+                self.view.path, state.epoch, self._highest_epoch)
+        return False
 
     def _retry_soon(self):
         time.sleep(TICK)
