@@ -14,7 +14,7 @@ The rules, in the order ``decide`` applies them:
   that state stops accepting commits at once (FENCE).
 * The server the state names primary becomes primary (PROMOTE), stops
   accepting commits while an intent would replace it (FENCE; ABANDON_INTENT
-  of a switchover that did not finish in time), and otherwise accepts
+  of one that did not finish in time), and otherwise accepts
   commits again only after the controller re-read the state (UNFENCE; the
   write lease checks it once more on every renewal).
 * Any other primary steps down and follows the named one (DEMOTE).
@@ -231,7 +231,7 @@ def _decide_named(snapshot, me):
                 f"promotion of {intent.to or 'the newest secondary'}")
         if not me.fenced:
             return Action.FENCE, f"{what}: {me.name} stops accepting commits"
-        if intent.action == SWITCHOVER and me.fenced_for > HANDOVER_TIMEOUT:
+        if me.fenced_for > HANDOVER_TIMEOUT:
             return Action.ABANDON_INTENT, (
                 f"the {what} did not finish within {HANDOVER_TIMEOUT:.0f}s: "
                 f"{me.name} stays primary and accepts commits again")
