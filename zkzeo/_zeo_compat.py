@@ -81,7 +81,6 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
     def use(self, addresses, leave=False, upgrade=False):
         changed = list(addresses) != list(self.addrs)
         self.addrs = list(addresses)
-        self.client.addresses_changed(self.addrs)
         protocol = self.protocol
         if self.closed:
             return
@@ -112,7 +111,6 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
             if self.router is not None and not self.closed:
                 route = self.router(None, self.lost)
                 self.addrs = list(route.addresses)
-                self.client.addresses_changed(self.addrs)
         super().disconnected(protocol)
 
     async def verify(self, server_tid):
@@ -201,4 +199,4 @@ def new_oids(storage):
 def read_only_now(storage):
     """Whether the storage's last connection was read-only (as ZEO's own
     new_oid checks it: a disconnected client is not read-only)."""
-    return storage._is_read_only
+    return bool(storage._is_read_only)

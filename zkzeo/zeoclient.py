@@ -80,7 +80,6 @@ class ZooKeeperClientStorage(ClientStorage):
                 logger.warning("%s: %s; waiting", url, first.sentence)
             else:
                 logger.info("%s: %s", url, first.sentence)
-            self._zk_addresses = list(first.addresses)
             kw["_client_factory"] = _zeo_compat.ClientThread
             ClientStorage.__init__(self, list(first.addresses), *args,
                                    wait=False, **kw)
@@ -107,9 +106,10 @@ class ZooKeeperClientStorage(ClientStorage):
         # IO thread: the newest snapshot, and this client's connection.
         return route(self._view.snapshot, self._mode, current, lost)
 
-    def addresses_changed(self, addresses):
-        # IO thread.
-        self._zk_addresses = addresses
+    @property
+    def _zk_addresses(self):
+        """The addresses this client uses now."""
+        return list(_zeo_compat.client_io(self).addrs)
 
     def notify_connected(self, conn, info):
         # IO thread, before callers may use the new connection.

@@ -1,0 +1,282 @@
+"""zkzeo clients through failovers, with real zkrunzeo processes and a real
+ZooKeeper: where they connect, and what they do when the primary changes."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import transaction
+from persistent.mapping import PersistentMapping
+from ZEO.Exceptions import ClientDisconnected
+from ZODB.POSException import ConflictError, ReadOnlyError
+
+import zkzeo
+from tests.support import PYTHON, wait_for
+from tests.zk_servers import Tree
+from zkzeo.zkserver import ZooKeeperServer
+
+RETRIABLE = (ClientDisconnected, ReadOnlyError, ConflictError)
+
+
+def connected_address(storage):
+    protocol = storage._server.client.protocol
+    return protocol and protocol.addr
+
+
+def address_of(tree, name):
+    host, port = tree.by_name()[name]["address"].rsplit(":", 1)
+    return (host, int(port))
+
+
+def commit(db, **values):
+    with db.transaction() as conn:
+        for k, v in values.items():
+            setattr(conn.root, k, v)
+
+
+def read(db, function):
+    with db.transaction() as conn:
+        return function(conn.root)
+
+
+def try_commit(db, **values):
+    try:
+        commit(db, **values)
+        return True
+    except RETRIABLE:
+        transaction.abort()
+        return False
+
+
+def name_primary(tree, name):
+    """Write the cluster state as a promotion does: ``name`` is primary in
+    the next epoch (compare-and-set)."""
+    data, stat = tree.zk.get(tree.path)
+    state = json.loads(data)
+    state.update(primary=name, epoch=state["epoch"] + 1)
+    state.pop("handover", None)
+    tree.zk.set(tree.path, json.dumps(state).encode(), version=stat.version)
+    return state["epoch"]
+
+
+def paused(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_client_waiting_for_its_first_connection_survives_list_changes(
+        cluster, tree, zk_url, caplog):
+    """A client created before any server registers waits through every
+    change of the list (ZEO's new_addrs used to cancel its wait), and
+    connects once."""
+    caplog.set_level(logging.INFO, logger="ZEO.asyncio.base")
+    outcome = []
+
+    def open_client():
+        try:
+            outcome.append(zkzeo.DB(zk_url, read_only_fallback=True,
+                                    wait_timeout=120))
+        except Exception as e:
+            outcome.append(e)
+    opener = threading.Thread(target=open_client, daemon=True)
+    opener.start()
+    try:
+        cluster("s1")                  # the list: none, then s1
+        s2 = cluster("s2")             # a secondary: changes nothing for it
+        s2.stop()
+        opener.join(120)
+        assert len(outcome) == 1 and not isinstance(outcome[0], Exception), \
+            outcome
+        db = outcome[0]
+        commit(db, x=1)
+        assert connected_address(db.storage) == address_of(tree, "s1")
+        connects = [r for r in caplog.records if r.name == "ZEO.asyncio.base"
+                    and r.getMessage().startswith("Connected")]
+        assert len(connects) == 1, [r.getMessage() for r in connects]
+    finally:
+        for db in outcome:
+            if not isinstance(db, Exception):
+                db.close()
+
+
+def test_a_client_connects_once_at_start(cluster, zk_url, caplog):
+    cluster("s1")
+    caplog.set_level(logging.INFO, logger="ZEO.asyncio.base")
+    storage = zkzeo.client(zk_url, wait_timeout=60)
+    try:
+        connects = [r for r in caplog.records if r.name == "ZEO.asyncio.base"
+                    and r.getMessage().startswith("Connected")]
+        assert len(connects) == 1, [r.getMessage() for r in connects]
+    finally:
+        storage.close()
+
+
+def test_fallback_client_writes_again_once_the_promoted_server_accepts_writes(
+        cluster, tree, zk_url):
+    """The fallback client reads on s2 after s1 dies; s2 is promoted in
+    place (same address): the client is told, and writes there."""
+    s1, s2 = cluster("s1"), cluster("s2")
+    db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    try:
+        commit(db, x=1)
+        s2_address = address_of(tree, "s2")
+        s1.kill()
+        wait_for(lambda: db.storage.is_connected() and
+                 db.storage.isReadOnly() and
+                 connected_address(db.storage) == s2_address,
+                 "the fallback client to read on s2")
+        wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
+        promoted = time.monotonic()
+        name_primary(tree, "s2")
+        wait_for(lambda: try_commit(db, x=2),
+                 "the fallback client to write on the promoted s2")
+        seconds = time.monotonic() - promoted
+        assert connected_address(db.storage) == s2_address
+        print(f"promotion to first write: {seconds:.2f}s")
+    finally:
+        db.close()
+
+
+def test_clients_leave_a_hung_primary_once_another_is_named(
+        cluster, tree, zk_url):
+    """ZEO has no request timeout: a client would wait on a SIGSTOPped
+    primary for as long as it is stopped.  Once ZooKeeper names another
+    primary, the client closes that connection itself."""
+    s1, s2 = cluster("s1"), cluster("s2")
+    writer = zkzeo.DB(zk_url, wait_timeout=60)
+    fallback = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    try:
+        for db in (writer, fallback):
+            wait_for(lambda: try_commit(db, y=1), "a first commit")
+        wait_for(lambda: tree.by_name()["s2"].get("replication_state") ==
+                 "following", "s2 to follow s1")
+        s1.pause()
+        hung = threading.Thread(target=try_commit, args=(writer,),
+                                kwargs={"x": 2}, daemon=True)
+        hung.start()                   # waits on the hung s1
+        promoted = time.monotonic()
+        name_primary(tree, "s2")       # as `zkzeo promote --force` would
+        for db in (writer, fallback):
+            wait_for(lambda: try_commit(db, z=3),
+                     "the client to write on s2 while s1 is stopped")
+        seconds = time.monotonic() - promoted
+        hung.join(30)
+        assert not hung.is_alive(), "a commit still waits on the hung s1"
+        assert paused(s1.process.pid)
+        for db in (writer, fallback):
+            assert connected_address(db.storage) == address_of(tree, "s2")
+        print(f"promotion to first write, primary hung: {seconds:.2f}s")
+    finally:
+        s1.resume()
+        writer.close()
+        fallback.close()
+
+
+def test_new_oids_come_from_the_new_primary(cluster, tree, zk_url):
+    """A client keeps a block of new oids from the old primary; the new
+    primary hands the same oids out again.  The client must not use them
+    (ConflictErrors on objects nobody touched)."""
+    s1, s2 = cluster("s1"), cluster("s2")
+    old = zkzeo.DB(zk_url, wait_timeout=60)
+    try:
+        with old.transaction() as conn:
+            conn.root.old = PersistentMapping(n=0)   # takes a block of oids
+        wait_for(lambda: tree.by_name()["s2"].get("replication_state") ==
+                 "following", "s2 to follow s1")
+        last = old.storage.lastTransaction()
+        s1.kill()
+        wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
+        name_primary(tree, "s2")
+        new = zkzeo.DB(zk_url, wait_timeout=60)
+        try:
+            with new.transaction() as conn:   # s2 hands out its next oids
+                conn.root.new = [PersistentMapping(by="new", i=i)
+                                 for i in range(5)]
+            assert new.storage.lastTransaction() > last
+            wait_for(lambda: try_commit(
+                old, more=[PersistentMapping(by="old", i=i)
+                           for i in range(5)]),
+                "the old client to write on s2")
+            wait_for(lambda: read(new, lambda root: hasattr(root, "more")),
+                     "the new client to see the old client's commit")
+            with new.transaction() as conn:
+                assert [m["by"] for m in conn.root.new] == ["new"] * 5
+                assert [m["by"] for m in conn.root.more] == ["old"] * 5
+                oids = {m._p_oid for m in conn.root.new + conn.root.more}
+                assert len(oids) == 10
+        finally:
+            new.close()
+    finally:
+        old.close()
+
+
+UNCLOSED_CLIENT = r"""
+import sys, threading, zkzeo
+from kazoo.recipe.watchers import DataWatch
+
+url, trigger = sys.argv[1:]
+storage = zkzeo.client(url, wait=False)       # never closed
+zk = storage._zk
+
+def stuck(data, stat):
+    # A watch callback caught in a ZooKeeper call when ZooKeeper goes
+    # away: it never returns (kazoo reconnects for ever).
+    if data == b"hang":
+        while zk.connected:
+            threading.Event().wait(0.05)
+        print("calling ZooKeeper", flush=True)
+        zk.get("/")
+
+DataWatch(zk, trigger, stuck)
+print("ready", flush=True)
+sys.stdin.readline()
+print("main thread returns", flush=True)
+"""
+
+
+def test_an_unclosed_client_lets_its_process_exit_without_zookeeper(
+        tmp_path):
+    zookeeper = ZooKeeperServer(str(tmp_path / "zk")).start()
+    path = "/exit/db"
+    tree = Tree(zookeeper.address, path)
+    process = None
+    try:
+        tree.zk.ensure_path(path)
+        tree.zk.create(path + "-trigger", b"")
+        log = open(tmp_path / "client.log", "wb")
+        process = subprocess.Popen(
+            [PYTHON, "-c", UNCLOSED_CLIENT,
+             f"zk://{zookeeper.address}{path}", path + "-trigger"],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        log.close()
+
+        def output():
+            return (tmp_path / "client.log").read_text()
+        wait_for(lambda: "ready" in output(), "the client to start")
+        tree.zk.set(path + "-trigger", b"hang")
+        tree.close()
+        zookeeper.stop()
+        wait_for(lambda: "calling ZooKeeper" in output(),
+                 "a kazoo callback to block on the stopped ZooKeeper")
+        process.stdin.write(b"\n")
+        process.stdin.flush()
+        wait_for(lambda: "main thread returns" in output(),
+                 "the main thread to return")
+        returned = time.monotonic()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the process did not exit within 15s after "
+                                 "its main thread returned:\n" + output())
+        print(f"exit {time.monotonic() - returned:.2f}s after main returned")
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        tree.close()
+        zookeeper.stop()
