@@ -12,6 +12,7 @@ import time
 import transaction
 from persistent.mapping import PersistentMapping
 from ZEO.Exceptions import ClientDisconnected
+from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError, ReadOnlyError
 
 import zkzeo
@@ -38,6 +39,14 @@ def commit(db, **values):
             setattr(conn.root, k, v)
 
 
+def last_tid(server):
+    fs = FileStorage(server.path, read_only=True)
+    try:
+        return fs.lastTransaction()
+    finally:
+        fs.close()
+
+
 def read(db, function):
     with db.transaction() as conn:
         return function(conn.root)
@@ -50,6 +59,19 @@ def try_commit(db, **values):
     except RETRIABLE:
         transaction.abort()
         return False
+
+
+def commit_within(seconds, db, **values):
+    """try_commit, failing the test if the commit waits longer than
+    ``seconds`` (ZEO has no request timeout: a hung server holds it)."""
+    result = []
+    thread = threading.Thread(
+        target=lambda: result.append(try_commit(db, **values)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(f"a commit still waits after {seconds}s")
+    return result[0]
 
 
 def name_primary(tree, name):
@@ -161,7 +183,7 @@ def test_clients_leave_a_hung_primary_once_another_is_named(
         promoted = time.monotonic()
         name_primary(tree, "s2")       # as `zkzeo promote --force` would
         for db in (writer, fallback):
-            wait_for(lambda: try_commit(db, z=3),
+            wait_for(lambda: commit_within(30, db, z=3),
                      "the client to write on s2 while s1 is stopped")
         seconds = time.monotonic() - promoted
         hung.join(30)
@@ -185,29 +207,47 @@ def test_new_oids_come_from_the_new_primary(cluster, tree, zk_url):
     try:
         with old.transaction() as conn:
             conn.root.old = PersistentMapping(n=0)   # takes a block of oids
-        wait_for(lambda: tree.by_name()["s2"].get("replication_state") ==
-                 "following", "s2 to follow s1")
         last = old.storage.lastTransaction()
+        wait_for(lambda: last_tid(s2) == last, "s2 to have it")
         s1.kill()
         wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
         name_primary(tree, "s2")
+        wait_for(lambda: old.storage.is_connected() and
+                 connected_address(old.storage) == address_of(tree, "s2"),
+                 "the old client to connect to s2")
         new = zkzeo.DB(zk_url, wait_timeout=60)
         try:
             with new.transaction() as conn:   # s2 hands out its next oids
                 conn.root.new = [PersistentMapping(by="new", i=i)
                                  for i in range(5)]
             assert new.storage.lastTransaction() > last
-            wait_for(lambda: try_commit(
-                old, more=[PersistentMapping(by="old", i=i)
-                           for i in range(5)]),
-                "the old client to write on s2")
-            wait_for(lambda: read(new, lambda root: hasattr(root, "more")),
+
+            conflicts = []
+
+            def add_more():
+                # Only this client writes root.old: a ConflictError here
+                # is on new objects, which nobody else touched.
+                try:
+                    with old.transaction() as conn:
+                        conn.root.old["more"] = [
+                            PersistentMapping(by="old", i=i)
+                            for i in range(5)]
+                    return True
+                except ConflictError as e:
+                    conflicts.append(e)
+                except (ClientDisconnected, ReadOnlyError):
+                    pass
+                transaction.abort()
+                return False
+            wait_for(add_more, "the old client to write on s2")
+            assert not conflicts
+            wait_for(lambda: read(new, lambda root: "more" in root.old),
                      "the new client to see the old client's commit")
             with new.transaction() as conn:
-                assert [m["by"] for m in conn.root.new] == ["new"] * 5
-                assert [m["by"] for m in conn.root.more] == ["old"] * 5
-                oids = {m._p_oid for m in conn.root.new + conn.root.more}
-                assert len(oids) == 10
+                made = conn.root.new + conn.root.old["more"]
+                assert [m["by"] for m in made] == ["new"] * 5 + ["old"] * 5
+                assert len({m._p_oid for m in made}) == 10
+            assert "POSKeyError" not in s2.output()
         finally:
             new.close()
     finally:

@@ -119,3 +119,39 @@ def test_client_io_sees_and_leaves_its_connection(tmp_path):
     finally:
         storage.close()
         stop()
+
+
+def test_a_read_only_connection_is_kept_until_a_writable_one_registers(
+        tmp_path):
+    """ZEO's fallback upgrade, driven by ClientIO.use(..., upgrade=True)."""
+    from ZODB.FileStorage import FileStorage
+    FileStorage(str(tmp_path / "ro.fs")).close()
+    ro_addr, stop_ro = ZEO.server(storage_conf=f"""
+<filestorage>
+  path {tmp_path / 'ro.fs'}
+  read-only true
+</filestorage>""")
+    rw_addr, stop_rw = ZEO.server(path=str(tmp_path / "rw.fs"))
+    storage = ClientStorage([ro_addr], read_only_fallback=True,
+                            wait_timeout=60,
+                            _client_factory=_zeo_compat.ClientThread)
+    try:
+        io = _zeo_compat.client_io(storage)
+
+        def connection():
+            seen = []
+            done = threading.Event()
+            _zeo_compat.call_soon_in_io_thread(
+                storage, lambda: (seen.append(io.connection()), done.set()))
+            assert done.wait(30)
+            return seen[0]
+        assert connection() == Connection(tuple(ro_addr), True)
+        _zeo_compat.call_soon_in_io_thread(storage, io.use, [rw_addr],
+                                           False, True)
+        wait_for(lambda: connection() == Connection(tuple(rw_addr), False),
+                 "the client to upgrade to the writable server")
+        assert not storage.isReadOnly()
+    finally:
+        storage.close()
+        stop_ro()
+        stop_rw()
