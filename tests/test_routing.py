@@ -35,6 +35,8 @@ PROMOTING = snap("s2", 4, primary("s1", A1, epoch=3),
                  secondary("s2", A2, CONNECTING), secondary("s3", A3))
 PROMOTED = snap("s2", 4, primary("s1", A1, epoch=3), primary("s2", A2, 4),
                 secondary("s3", A3, CONNECTING))
+# s1's node is gone, s2 is named but is not yet primary
+REPLACED = snap("s2", 4, secondary("s2", A2, CONNECTING))
 NO_STATE = snap(None, 0, secondary("s2", A2), secondary("s3", A3))
 GONE = snap("s1", 3, secondary("s2", A2), secondary("s3", A3))
 # the primary died: its secondaries lost their stream
@@ -113,9 +115,15 @@ TABLE = [
      "it; no secondary follows: s2"),
     (PROMOTED, READ, RO[A2], None, (A2,), False, False,
      "read-only client: no secondary follows: s2"),
-    (GONE, WRITE, RW[A1], None, (), True, False,
-     "write client: h:1 is no longer registered: leaving it; primary s1 "
-     "(epoch 3) is not registered: no server"),
+    # a node gone (re-created, or its session expired) is not a new primary
+    (GONE, WRITE, RW[A1], None, (), False, False,
+     "write client: primary s1 (epoch 3) is not registered: no server"),
+    (REPLACED, WRITE, RW[A1], None, (), True, False,
+     "write client: h:1 is no longer primary (s2 is, epoch 4): leaving it; "
+     "primary s2 (epoch 4) does not accept writes: no server"),
+    (GONE, READ, RO[A1], None, (A2, A3), True, False,
+     "read-only client: h:1 is no longer registered: leaving it; following "
+     "secondaries: s2, s3"),
     (GONE, FALLBACK, None, None, (A2, A3), False, False,
      "fallback client: primary s1 (epoch 3) is not registered; following "
      "secondaries: s2, s3"),

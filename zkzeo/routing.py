@@ -29,9 +29,10 @@ The rules (servers say what they are in their nodes, see layout.py):
   from secondaries that are connecting or catching up rather than not at
   all; so does a fallback client that lost its connection to the primary.
   Diverged and stopped secondaries never get clients.
-* A client leaves (closes) a writable connection to a server that the
-  cluster state no longer names primary, or that is no longer registered:
-  ZEO has no request timeout, and a hung primary would hold it for ever.
+* A client leaves (closes) a writable connection once the cluster state
+  names another primary: ZEO has no request timeout, and a hung primary
+  would hold it for ever.  (Not merely because the server's node is gone:
+  a re-created node is missing for an instant.)
   It leaves a read-only connection to a server that is no longer
   registered, that says it diverged or stopped, or that says it is a
   primary the cluster state no longer names.
@@ -131,15 +132,23 @@ def _must_leave(snapshot, current, by_address):
     """Why the current connection must be closed now, or None."""
     server = by_address.get(current.address)
     where = server.name if server else format_address(current.address)
+    state = snapshot.state
+    named = snapshot.primary
+    replaced = (f"{where} is no longer primary ({state.primary or 'none'} "
+                f"is, epoch {state.epoch})")
+    if not current.read_only:
+        # Only once ZooKeeper names another: a node that vanishes for an
+        # instant (re-created) or a session that expires says nothing
+        # about who accepts writes.
+        if server is not None and server.name != state.primary:
+            return replaced
+        if server is None and named is not None:
+            return replaced
+        return None
     if server is None:
         return f"{where} is no longer registered"
-    named = snapshot.state.primary
-    if (not current.read_only or server.role == PRIMARY) and \
-            named != server.name:
-        return (f"{where} is no longer primary ({named or 'none'} is, "
-                f"epoch {snapshot.state.epoch})")
-    if not current.read_only:
-        return None
+    if server.role == PRIMARY and server.name != state.primary:
+        return replaced
     if server.role == SECONDARY and \
             server.replication_state in (DIVERGED, STOPPED):
         return f"{where} has " + (
