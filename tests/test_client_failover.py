@@ -320,3 +320,95 @@ def test_an_unclosed_client_lets_its_process_exit_without_zookeeper(
             process.wait()
         tree.close()
         zookeeper.stop()
+
+
+LIVE_CLIENT = r"""
+import sys, time, transaction, zkzeo
+from ZEO.Exceptions import ClientDisconnected
+
+db = zkzeo.DB(sys.argv[1], wait_timeout=60, zookeeper_session_timeout=60)
+
+def box():
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with db.transaction() as conn:
+                return conn.root.box["v"]
+        except ClientDisconnected:
+            transaction.abort()
+            if time.monotonic() > deadline:
+                raise
+            db.storage.is_connected() or time.sleep(0.1)
+
+print("box", box(), flush=True)
+for line in sys.stdin:
+    if line.strip() == "write":
+        with db.transaction() as conn:
+            conn.root.box["v"] = 2
+        print("box", box(), "written", flush=True)
+    elif line.strip() == "read":
+        print("box", box(), "after the failover", flush=True)
+db.close()
+"""
+
+
+def test_a_live_client_drops_what_a_lossy_failover_lost(cluster, tree,
+                                                        zk_url, tmp_path):
+    """A client that cached the data of transaction T, which the new
+    primary never got, reads the new history after the failover, although
+    the new history grew past T's tid meanwhile (quick verification from T
+    would pass over T's changes: our servers answer it only for a tid of
+    their own history)."""
+    s1, s2 = cluster("s1"), cluster("s2")
+    writer = zkzeo.DB(zk_url, wait_timeout=60)
+    commit(writer, box=PersistentMapping(v=1))
+    writer.close()
+    wait_for(lambda: last_tid(s2) == last_tid(s1), "s2 to have v=1")
+    log = open(tmp_path / "live.log", "wb")
+    client = subprocess.Popen(
+        [PYTHON, "-c", LIVE_CLIENT, zk_url], stdin=subprocess.PIPE,
+        stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    log.close()
+
+    def output():
+        return (tmp_path / "live.log").read_text()
+
+    def say(line):
+        client.stdin.write(line.encode() + b"\n")
+        client.stdin.flush()
+    try:
+        wait_for(lambda: "box 1" in output(), "the client to read v=1")
+        s2.stop()                              # s2 misses what follows
+        say("write")
+        wait_for(lambda: "box 2 written" in output(),
+                 "the client to write and cache v=2 (transaction T)")
+        lost = last_tid(s1)
+        client.send_signal(signal.SIGSTOP)     # it sleeps through it all
+        s1.kill()
+        wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
+        s2.start()
+        name_primary(tree, "s2")
+        other = zkzeo.DB(zk_url, wait_timeout=60)
+        commit(other, unrelated=1)
+        other.close()
+        assert last_tid(s2) > lost             # the new history passed T
+        client.send_signal(signal.SIGCONT)
+        # Until it notices the failover, the client reads its cache (it
+        # has no reason to ask a server); the check is what it does next.
+        wait_for(lambda: "dropping stale cache" in output(),
+                 "the client to drop its cache on reconnecting")
+        say("read")
+        wait_for(lambda: "after the failover" in output(),
+                 "the client to read after the failover")
+        assert "box 1 after the failover" in output(), output()
+        assert "not in the history" in s2.output()
+    finally:
+        if client.poll() is None:
+            client.send_signal(signal.SIGCONT)
+            client.stdin.close()
+            try:
+                client.wait(30)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.wait()
