@@ -137,27 +137,66 @@ def test_a_client_connects_once_at_start(cluster, zk_url, caplog):
         storage.close()
 
 
-def test_fallback_client_writes_again_once_the_promoted_server_accepts_writes(
+def set_writable(tree, name, writable):
+    """Change what a server says of itself, in place (as a primary does
+    when it starts or stops accepting writes)."""
+    node = f"{tree.path}/{tree.by_name()[name]['address']}"
+    data, stat = tree.zk.get(node)
+    value = json.loads(data)
+    value["writable"] = writable
+    tree.zk.set(node, json.dumps(value).encode(), version=stat.version)
+
+
+def test_fallback_client_writes_once_the_primary_says_it_accepts_writes(
         cluster, tree, zk_url):
-    """The fallback client reads on s2 after s1 dies; s2 is promoted in
-    place (same address): the client is told, and writes there."""
+    """Same address, same epoch: only the primary's "writable" changes.
+    ZEO never retries a read-only connection by itself; the client is told
+    and upgrades."""
     s1, s2 = cluster("s1"), cluster("s2")
+    first = zkzeo.DB(zk_url, wait_timeout=60)      # creates the root
+    first.close()
+    wait_for(lambda: last_tid(s2) == last_tid(s1), "s2 to have the root")
+    set_writable(tree, "s1", False)
+    db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
+    try:
+        assert db.storage.isReadOnly()
+        assert connected_address(db.storage) == address_of(tree, "s2")
+        state = tree.state()
+        writable = time.monotonic()
+        set_writable(tree, "s1", True)
+        wait_for(lambda: try_commit(db, x=1),
+                 "the fallback client to write on s1", timeout=30)
+        print(f"writable to first write: {time.monotonic() - writable:.2f}s")
+        assert connected_address(db.storage) == address_of(tree, "s1")
+        assert tree.state() == state
+    finally:
+        db.close()
+
+
+def test_fallback_client_writes_on_the_promoted_secondary(cluster, tree,
+                                                          zk_url):
+    """The fallback client reads on one secondary after the primary dies;
+    the other is promoted: the client writes there."""
+    s1 = cluster("s1")
+    cluster("s2"), cluster("s3")
     db = zkzeo.DB(zk_url, read_only_fallback=True, wait_timeout=60)
     try:
         commit(db, x=1)
-        s2_address = address_of(tree, "s2")
+        primary = address_of(tree, "s1")
         s1.kill()
         wait_for(lambda: db.storage.is_connected() and
                  db.storage.isReadOnly() and
-                 connected_address(db.storage) == s2_address,
-                 "the fallback client to read on s2")
+                 connected_address(db.storage) != primary,
+                 "the fallback client to read on a secondary")
+        reading_on = connected_address(db.storage)
+        other = "s3" if reading_on == address_of(tree, "s2") else "s2"
         wait_for(lambda: "s1" not in tree.by_name(), "s1's node to expire")
         promoted = time.monotonic()
-        name_primary(tree, "s2")
+        name_primary(tree, other)
         wait_for(lambda: try_commit(db, x=2),
-                 "the fallback client to write on the promoted s2")
+                 f"the fallback client to write on {other}", timeout=30)
         seconds = time.monotonic() - promoted
-        assert connected_address(db.storage) == s2_address
+        assert connected_address(db.storage) == address_of(tree, other)
         print(f"promotion to first write: {seconds:.2f}s")
     finally:
         db.close()
