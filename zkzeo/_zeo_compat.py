@@ -47,13 +47,27 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
 
     router = None
     lost = None            # address of the last lost connection
+    _name = ""
     _last_sentence = None
 
-    def start_routing(self, router, sentence):
+    def start_routing(self, router, name, sentence):
         """Called once by the storage (from the caller's thread, before any
-        reroute is scheduled)."""
+        reroute is scheduled); ``sentence`` is the route it started with."""
+        self._name = name
         self._last_sentence = sentence
         self.router = router
+
+    def _ask(self, current):
+        """The router's Route, or None (after logging) if it failed."""
+        try:
+            route = self.router(current, self.lost)
+        except Exception:
+            logger.exception("%s: could not choose servers", self._name)
+            return None
+        if route.sentence != self._last_sentence:
+            self._last_sentence = route.sentence
+            logger.info("%s: %s", self._name, route.sentence)
+        return route
 
     def manage_connected(self):
         # ZEO cancels the pending future here, failing every caller still
@@ -72,11 +86,9 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
         """Ask the router where to connect, and go there."""
         if self.closed or self.router is None:
             return
-        route = self.router(self.connection(), self.lost)
-        if route.sentence != self._last_sentence:
-            self._last_sentence = route.sentence
-            logger.info("%s: %s", self.client.zookeeper_url, route.sentence)
-        self.use(route.addresses, route.leave, route.upgrade)
+        route = self._ask(self.connection())
+        if route is not None:
+            self.use(route.addresses, route.leave, route.upgrade)
 
     def use(self, addresses, leave=False, upgrade=False):
         changed = list(addresses) != list(self.addrs)
@@ -109,8 +121,9 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
             # Lost: route before ZEO connects again (it uses self.addrs).
             self.lost = protocol.addr
             if self.router is not None and not self.closed:
-                route = self.router(None, self.lost)
-                self.addrs = list(route.addresses)
+                route = self._ask(None)
+                if route is not None:
+                    self.addrs = list(route.addresses)
         super().disconnected(protocol)
 
     async def verify(self, server_tid):

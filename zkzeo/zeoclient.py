@@ -83,7 +83,7 @@ class ZooKeeperClientStorage(ClientStorage):
             kw["_client_factory"] = _zeo_compat.ClientThread
             ClientStorage.__init__(self, list(first.addresses), *args,
                                    wait=False, **kw)
-            _zeo_compat.client_io(self).start_routing(self._route,
+            _zeo_compat.client_io(self).start_routing(self._route, url,
                                                       first.sentence)
             self._view.on_change = self._servers_changed
             # What changed between the first look and the watch.
