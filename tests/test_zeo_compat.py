@@ -155,3 +155,31 @@ def test_a_read_only_connection_is_kept_until_a_writable_one_registers(
         storage.close()
         stop_ro()
         stop_rw()
+
+
+def test_new_addresses_keep_the_attempts_still_wanted(tmp_path):
+    down = ("127.0.0.1", free_port())          # nothing listens there
+    addr, stop = ZEO.server(path=str(tmp_path / "Data.fs"))
+    storage = ClientStorage([down], wait=False,
+                            _client_factory=_zeo_compat.ClientThread)
+    try:
+        io = _zeo_compat.client_io(storage)
+
+        def on_io_thread(function, *args):
+            result = []
+            done = threading.Event()
+            _zeo_compat.call_soon_in_io_thread(
+                storage, lambda: (result.append(function(*args)), done.set()))
+            assert done.wait(30)
+            return result[0]
+        before = on_io_thread(lambda: list(io.protocols))
+        on_io_thread(io.use, [down, addr])
+        after = on_io_thread(lambda: list(io.protocols))
+        assert after[0] is before[0] and not before[0].closed
+        assert [p.addr for p in after] == [down, addr]
+        wait_for(storage.is_connected, "a connection to the new address")
+        on_io_thread(io.use, [])
+        assert on_io_thread(lambda: list(io.addrs)) == []
+    finally:
+        storage.close()
+        stop()

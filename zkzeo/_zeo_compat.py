@@ -105,16 +105,34 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
             if changed:
                 # Not connected: try the new list; the ``connected`` future
                 # that callers wait for stays (see manage_connected).
-                self._clear_protocols()
-                self.try_connecting()
+                self._retarget()
         elif upgrade and (changed or not self._trying(protocol)):
             # Keep reading on the read-only connection; ZEO's register()
             # upgrades as soon as one of these registers writable.
-            self._clear_protocols(protocol)
-            self.try_connecting()
+            self._retarget(keep=protocol)
 
     def _trying(self, current):
         return any(not p.closed for p in self.protocols if p is not current)
+
+    def _retarget(self, keep=None):
+        """Attempts to exactly self.addrs (besides ``keep``): those under
+        way to an address still wanted go on, the others are closed."""
+        wanted = list(self.addrs)
+        going = []
+        for p in self.protocols:
+            if p is keep or p.closed:
+                continue
+            if p.addr in wanted and p.addr not in [g.addr for g in going]:
+                going.append(p)
+            else:
+                p.close()
+        started = [g.addr for g in going]
+        self.addrs = [a for a in wanted if a not in started]
+        try:
+            self.try_connecting()          # sets self.protocols
+        finally:
+            self.addrs = wanted
+        self.protocols = going + list(self.protocols)
 
     def disconnected(self, protocol=None):
         if protocol is not None and protocol is self.protocol:
