@@ -133,6 +133,31 @@ def test_a_client_connects_once_at_start(cluster, tree, zk_url, caplog):
         storage.close()
 
 
+def test_write_client_waits_for_the_new_primary_not_on_secondaries(
+        cluster, tree, zk_url, caplog):
+    """While no primary accepts writes, a write client is given no server:
+    a secondary would refuse its read-write registration, and ZEO would
+    wait some 9 s before it tried again."""
+    extra = {"auto-failover": 1.0}
+    s1 = cluster("s1", zookeeper_options=extra)
+    cluster("s2", zookeeper_options=extra)
+    cluster("s3", zookeeper_options=extra)
+    db = zkzeo.DB(zk_url, wait_timeout=60)
+    try:
+        commit(db, x=1)
+        caplog.set_level(logging.INFO)
+        killed = time.monotonic()
+        s1.kill()
+        wait_for(lambda: try_commit(db, x=2),
+                 "the write client to write on the elected primary")
+        seconds = time.monotonic() - killed
+        print(f"kill to first write (automatic failover): {seconds:.2f}s")
+        assert tree.state()["epoch"] == 2
+        assert "Registration or cache validation failed" not in caplog.text
+    finally:
+        db.close()
+
+
 def set_writable(tree, name, writable):
     """Change what a server says of itself, in place (as a primary does
     when it starts or stops accepting writes)."""
