@@ -5,6 +5,8 @@ dies, retries operations (``client.retry``) and keeps the session alive.
 Here we only give it our settings and turn "cannot connect" into a clear
 error or a patient wait with one log line per attempt.
 """
+import atexit
+import functools
 import logging
 import threading
 
@@ -14,6 +16,8 @@ from kazoo.retry import KazooRetry
 from kazoo.security import ACL, Id, Permissions, make_digest_acl
 
 logger = logging.getLogger(__name__)
+
+EXIT_TIMEOUT = 2.0
 
 
 class ZooKeeperUnreachable(Exception):
@@ -56,7 +60,7 @@ def start(client, timeout):
             f"could not reach ZooKeeper at {_hosts(client)} "
             f"within {timeout:g}s; check the ensemble address and that "
             "ZooKeeper is running") from None
-    return client
+    return _exit_without_waiting(client)
 
 
 def start_patiently(client, attempt_timeout=5.0, stopping=lambda: False):
@@ -73,7 +77,7 @@ def start_patiently(client, attempt_timeout=5.0, stopping=lambda: False):
             if attempt > 1:
                 logger.info("connected to ZooKeeper at %s after %d attempts",
                             _hosts(client), attempt)
-            return client
+            return _exit_without_waiting(client)
         except KazooTimeoutError:
             client.stop()
             if stopping():
@@ -81,6 +85,21 @@ def start_patiently(client, attempt_timeout=5.0, stopping=lambda: False):
                     f"gave up reaching ZooKeeper at {_hosts(client)}")
             logger.warning("ZooKeeper at %s is unreachable (attempt %d); "
                            "still trying", _hosts(client), attempt)
+
+
+def _exit_without_waiting(client):
+    """Let the process exit even if ``client`` is never stopped.
+
+    kazoo registers its handler's ``stop`` with atexit, which joins kazoo's
+    callback thread; a watch callback blocked in a call to an unreachable
+    ZooKeeper never returns (kazoo reconnects for ever), and the process
+    never exits.  Our exit hook stops the client with a bounded wait.
+    """
+    atexit.unregister(client.handler.stop)
+    hook = client.zkzeo_exit_hook = functools.partial(stop, client,
+                                                      EXIT_TIMEOUT)
+    atexit.register(hook)
+    return client
 
 
 def stop(client, timeout=5.0):
@@ -91,11 +110,20 @@ def stop(client, timeout=5.0):
     whose answer will never come.  So stop in a daemon thread, and give up
     waiting after ``timeout`` seconds (the thread ends with the process).
     """
+    hook = getattr(client, "zkzeo_exit_hook", None)
+    if hook is not None:
+        atexit.unregister(hook)
+    # kazoo's own exit hook would wait for a blocked callback for ever.
+    atexit.unregister(client.handler.stop)
+
     def run():
         client.stop()
         client.close()
     thread = threading.Thread(target=run, name="kazoo-stop", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:            # at interpreter shutdown: leave it
+        return
     thread.join(timeout)
     if thread.is_alive():
         logger.warning("the ZooKeeper client to %s did not stop within %gs "
