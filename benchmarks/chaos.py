@@ -125,9 +125,9 @@ def parse_args(argv=None):
     p.add_argument("--sync-timeout", type=float, default=5.0)
     p.add_argument("--heal-timeout", type=float, default=60.0,
                    help="seconds a cycle waits for the servers to heal")
-    p.add_argument("--stuck-after", type=float, default=15.0,
-                   help="seconds after healing within which every writer "
-                        "must commit again")
+    p.add_argument("--stuck-after", type=float, default=5.0,
+                   help="seconds within which every writer must commit "
+                        "again once a primary is ready for it")
     p.add_argument("--run-between", type=float, default=2.0,
                    help="the writers run 1 to this many seconds between "
                         "faults")
@@ -167,6 +167,7 @@ class Chaos:
         self.server_episodes = []  # (cycle, name, what)
         self.client_episodes = []  # (cycle, key, seconds)
         self.final = {}
+        self._since = 0.0          # cluster_problems() trusts reads after
 
     # --- the cluster ------------------------------------------------------
 
@@ -238,6 +239,8 @@ class Chaos:
         whole): a primary registered in the current epoch, every server
         alive, running and registered, every secondary following."""
         problems = []
+        if self.watch.nodes_at < self._since:
+            return ["ZooKeeper was not read since the wait began"]
         _, primary, epoch = self.watch.state()
         if self.primary_node() is None:
             problems.append(f"no registered primary (state: {primary} in "
@@ -289,6 +292,7 @@ class Chaos:
         """Wait until the cluster is whole and the secondaries caught up;
         raises HarnessError naming what is wrong."""
         deadline = time.monotonic() + timeout
+        self._since = time.time()
         problems = []
 
         def whole():
@@ -336,13 +340,14 @@ class Chaos:
         else:
             duration = self.rng.uniform(0.5, st + 2)
         fault["start"] = time.time()
+        if kind.startswith("secondary"):
+            fault["ready"] = fault["start"]   # writes need no change
         if kind == "primary-kill":
             process.kill()
             progress(f"cycle {number}: SIGKILL of primary {target} "
                      f"(epoch {epoch})")
             try:
-                wait_until(lambda: self.watch.state()[1] != target and
-                           self.primary_node() is not None,
+                wait_until(lambda: self.note_ready(fault),
                            "another server to become primary",
                            a.heal_timeout)
             except HarnessError as e:
@@ -353,13 +358,13 @@ class Chaos:
             process.kill()
             progress(f"cycle {number}: SIGKILL of {target}, restarted after "
                      f"{duration:.1f}s")
-            time.sleep(duration)     # the fault lasts this long
+            self.fault_lasts(fault, duration)
             process.start()
         else:
             process.pause()
             progress(f"cycle {number}: SIGSTOP of {kind.split('-')[0]} "
                      f"{target} for {duration:.1f}s (epoch {epoch})")
-            time.sleep(duration)     # the fault lasts this long
+            self.fault_lasts(fault, duration)
             process.resume()
         fault["end"] = time.time()
         self.heal(fault)
@@ -370,9 +375,46 @@ class Chaos:
         time.sleep(between)          # the writers write meanwhile
         self.count_elections(fault)
 
+    def fault_lasts(self, fault, seconds):
+        """The fault lasts ``seconds``; meanwhile note when another primary
+        is ready (after a freeze of the primary)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.note_ready(fault)
+            time.sleep(0.05)
+
+    def note_ready(self, fault):
+        """Whether writers can write (noted in ``fault["ready"]``): ZooKeeper
+        read since the fault, and a running primary registered in the
+        current epoch; after a primary fault, another one; after a
+        ZooKeeper fault, once ZooKeeper is back."""
+        if "ready" in fault:
+            return True
+        if fault["target"] == "zookeeper":
+            since = fault.get("end")
+            if since is None:
+                return False
+        else:
+            since = fault["start"]
+        if self.watch.nodes_at <= since:
+            return False
+        node = self.primary_node()
+        if node is None:
+            return False
+        name = node["name"]
+        if fault["kind"].startswith("primary") and name == fault["target"]:
+            return False
+        server = self.servers[name]
+        if not server.alive() or server.child.paused:
+            return False
+        fault["ready"] = time.time()
+        return True
+
     def heal(self, fault):
         a = self.args
         try:
+            wait_until(lambda: self.note_ready(fault),
+                       "a primary writers can use", a.heal_timeout)
             self.wait_cluster("the cluster to heal", a.heal_timeout)
         except HarnessError as e:
             fault["problem"] = str(e)
@@ -383,28 +425,44 @@ class Chaos:
                 self.server_episodes.append((fault["cycle"], name, str(e)))
             for name in set(self.stuck_servers) - broken:
                 del self.stuck_servers[name]
-            return
-        self.stuck_servers.clear()
-        healed = fault["healed"] = time.time()
+        else:
+            self.stuck_servers.clear()
+            fault["healed"] = time.time()
+            progress(f"  healed after {fault['healed'] - fault['start']:.1f}"
+                     f"s; epoch {self.watch.state()[2]}, primary "
+                     f"{self.watch.state()[1]}")
+        self.check_writers(fault)
+
+    def check_writers(self, fault):
+        """Every writer must commit within --stuck-after seconds of the
+        moment a primary was ready for it."""
+        ready = fault.get("ready")
+        if ready is None:
+            return                  # no primary: the servers are stuck
+        bound = self.args.stuck_after
         try:
-            wait_until(lambda: all(w.read().first_ack_after(healed)
+            wait_until(lambda: all(w.read().first_ack_after(ready)
                                    for w in self.writers),
-                       "every writer to commit again", a.stuck_after)
-            self.stuck_clients.clear()
+                       "every writer to commit again",
+                       max(0.1, ready + bound - time.time()))
         except HarnessError:
-            for w in self.writers:
-                if w.first_ack_after(healed) is None:
-                    if w.key not in self.stuck_clients:
-                        self.stuck_clients[w.key] = fault["cycle"]
-                        self.client_episodes.append(
-                            (fault["cycle"], w.key, a.stuck_after))
-                    fault.setdefault("stuck_writers", []).append(w.key)
-                else:
-                    self.stuck_clients.pop(w.key, None)
-            progress(f"  writers {fault['stuck_writers']} did not commit "
-                     f"within {a.stuck_after:g}s after the cluster healed")
-        progress(f"  healed after {healed - fault['start']:.1f}s; epoch "
-                 f"{self.watch.state()[2]}, primary {self.watch.state()[1]}")
+            pass
+        late = []
+        for w in self.writers:
+            first = w.first_ack_after(ready)
+            if first is not None and first - ready <= bound:
+                self.stuck_clients.pop(w.key, None)
+                continue
+            late.append(w.key)
+            if w.key not in self.stuck_clients:
+                self.stuck_clients[w.key] = fault["cycle"]
+                self.client_episodes.append(
+                    (fault["cycle"], w.key,
+                     None if first is None else first - ready))
+        if late:
+            fault["stuck_writers"] = late
+            progress(f"  writers {', '.join(late)} did not commit within "
+                     f"{bound:g}s after a primary was ready")
 
     def _broken_servers(self):
         out = []
@@ -548,6 +606,9 @@ def main(argv=None):
                                "%(message)s")
     # SIGTERM (a CI timeout) stops the run like Ctrl-C: every child stops.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The watch's kazoo client reports every ZooKeeper fault; the run's
+    # summary says what matters.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
     figures = run(args)
     return 0 if figures["ok"] else 1
 

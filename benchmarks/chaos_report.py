@@ -145,7 +145,9 @@ def report(chaos, elapsed, interrupted):
         chaos.server_episodes]
     figures["stuck_clients"] = len(chaos.client_episodes)
     figures["stuck_client_detail"] = [
-        f"cycle {c}: writer {key} did not commit within {s:g}s of healing"
+        f"cycle {c}: writer {key} " + (
+            "did not commit again" if s is None else
+            f"committed only {s:.1f}s") + " after a primary was ready"
         for c, key, s in chaos.client_episodes]
     figures["unhealed_cycles"] = [f["cycle"] for f in faults
                                   if "problem" in f]
@@ -157,8 +159,11 @@ def report(chaos, elapsed, interrupted):
         figures["transactions"] = {n: len(h) for n, h in histories.items()}
         figures["replicas_identical"] = final.get("compare") is None
         figures["replica_difference"] = final.get("compare")
-        figures["divergent_files"] = {p: len(h) for p, h in
-                                      final.get("divergent", {}).items()}
+        # transactions only in the divergent tail of each kept file
+        final_tids = {tid for tid, _ in histories.get(primary, [])}
+        figures["divergent_tails"] = {
+            p: sum(1 for tid, _ in h if tid not in final_tids)
+            for p, h in final.get("divergent", {}).items()}
     else:
         figures["replicas_identical"] = None
 
@@ -166,21 +171,29 @@ def report(chaos, elapsed, interrupted):
     # and until every writer committed again.
     recovery = {}
     for f in faults:
-        firsts = [w.first_ack_after(f["start"]) for w in chaos.writers]
+        firsts = [w.first_commit_after(f["start"]) for w in chaos.writers]
         if not firsts:
             continue
         any_ = [t for t in firsts if t is not None]
         f["first_write"] = min(any_) - f["start"] if any_ else None
         f["all_writers"] = (max(firsts) - f["start"]
                             if None not in firsts else None)
+        ready = f.get("ready")
+        after = [w.first_ack_after(ready) for w in chaos.writers] \
+            if ready else [None]
+        f["all_writers_after_ready"] = (max(after) - ready
+                                        if None not in after else None)
         recovery.setdefault(f["kind"], []).append(f)
     figures["recovery"] = {}
     for kind, fs in sorted(recovery.items()):
         first = [f["first_write"] for f in fs if f["first_write"] is not None]
         every = [f["all_writers"] for f in fs if f["all_writers"] is not None]
+        after = [f["all_writers_after_ready"] for f in fs
+                 if f["all_writers_after_ready"] is not None]
         figures["recovery"][kind] = {
             "faults": len(fs), "first_write": _median_max(first),
             "every_writer": _median_max(every),
+            "every_writer_after_ready": _median_max(after),
             "never": len(fs) - len(first)}
 
     errors = Counter(cls for w in chaos.writers for _, cls, _ in w.errors)
@@ -236,21 +249,23 @@ def print_summary(fig, chaos):
             f"{n} {c}" for n, c in sorted(fig["transactions"].items())))
     if fig.get("replica_difference"):
         out(f"    {fig['replica_difference']}")
-    if fig.get("divergent_files"):
-        out("    divergent files kept: " + ", ".join(
+    if fig.get("divergent_tails"):
+        out("    rewound tails kept: " + ", ".join(
             f"{p} ({n} transactions)"
-            for p, n in sorted(fig["divergent_files"].items())))
+            for p, n in sorted(fig["divergent_tails"].items())))
     if fig["settled"] is False:
         out("  the cluster did not settle at the end   <-- must")
     if fig.get("readback_error"):
         out(f"  read-back: {fig['readback_error']}")
-    out("  seconds from fault to first acknowledged commit (median / max), "
-        "and until every writer committed:")
+    out("  seconds (median / max) from the fault to the first acknowledged "
+        "commit made after it, to one by every writer, and from the moment "
+        "a primary was ready to one by every writer:")
     for kind, r in fig["recovery"].items():
         never = f", {r['never']} never" if r["never"] else ""
         out(f"    {kind:<16} {r['faults']:>3} faults  first "
             f"{_mm(r['first_write'])}  every writer "
-            f"{_mm(r['every_writer'])}{never}")
+            f"{_mm(r['every_writer'])}  after ready "
+            f"{_mm(r['every_writer_after_ready'])}{never}")
     if fig["primary_faults_without_failover"]:
         out("  primary faults without a failover (cycles): "
             f"{fig['primary_faults_without_failover']}")

@@ -344,6 +344,16 @@ class Writer:
         i = bisect.bisect_right([a[2] for a in self.acks], t)
         return self.acks[i][2] if i < len(self.acks) else None
 
+    def first_commit_after(self, t):
+        """When the first acknowledged commit whose tid (the committing
+        server's clock) is after time ``t`` was acknowledged, or None: a
+        commit that was only answered after ``t`` does not count."""
+        i = bisect.bisect_right([a[2] for a in self.acks], t)
+        for seq, tid, acked in self.acks[i:]:
+            if tid_time(tid) > t:
+                return acked
+        return None
+
     def __getattr__(self, name):        # stop, kill, alive
         return getattr(self.child, name)
 
