@@ -44,8 +44,10 @@ exit status):
   needed none (reported);
 - servers stuck (must be 0): a server that did not rejoin and catch up
   within --heal-timeout, counted once per episode;
-- clients stuck (must be 0): a writer with no acknowledged commit within
-  --stuck-after seconds after the cluster healed, once per episode;
+- clients stuck (must be 0): writers with no acknowledged commit within
+  --stuck-after seconds of the moment a primary was ready for them (a new
+  one registered after a primary fault, ZooKeeper back after a ZooKeeper
+  fault, at once after a secondary fault), counted per fault and writer;
 - whether the servers' Data.fs files hold identical transactions (must);
 - seconds from each fault to the first acknowledged commit after it
   (median, max), per kind of fault.
@@ -163,11 +165,10 @@ class Chaos:
         self.url = None
         self.faults = []           # one dict per cycle (events.json)
         self.stuck_servers = {}    # name -> cycle of the open episode
-        self.stuck_clients = {}    # writer key -> cycle of the open episode
         self.server_episodes = []  # (cycle, name, what)
-        self.client_episodes = []  # (cycle, key, seconds)
+        self.client_episodes = []  # (cycle, key, bound), per fault
         self.final = {}
-        self._since = 0.0          # cluster_problems() trusts reads after
+        self._since = 0.0          # problems() trusts reads after this
 
     # --- the cluster ------------------------------------------------------
 
@@ -234,52 +235,51 @@ class Chaos:
             return node
         return None
 
-    def cluster_problems(self):
-        """What keeps the cluster from being whole, as sentences (empty:
-        whole): a primary registered in the current epoch, every server
-        alive, running and registered, every secondary following."""
-        problems = []
+    def problems(self, target=None, skip=()):
+        """{who: sentence} of what keeps the cluster from being whole (who
+        is a server's name, or "cluster"): a primary registered in the
+        current epoch; every server alive, running, registered and, if it
+        is a secondary, following; with ``target`` (a tid), every
+        secondary at ``target`` or later (asked of the servers).  Servers
+        in ``skip`` are left out."""
         if self.watch.nodes_at < self._since:
-            return ["ZooKeeper was not read since the wait began"]
+            return {"cluster": "ZooKeeper was not read since the wait began"}
+        out = {}
         _, primary, epoch = self.watch.state()
         if self.primary_node() is None:
-            problems.append(f"no registered primary (state: {primary} in "
-                            f"epoch {epoch})")
+            out["cluster"] = (f"no registered primary (state: {primary} in "
+                              f"epoch {epoch})")
         nodes = self.watch.nodes
         for name, server in self.servers.items():
+            node = nodes.get(name)
+            if name in skip:
+                continue
             if not server.alive():
-                problems.append(f"{name} exited")
+                out[name] = f"{name} exited"
             elif server.child.paused:
-                problems.append(f"{name} is paused")
-            elif name not in nodes:
-                problems.append(f"{name} is not registered")
+                out[name] = f"{name} is paused"
+            elif node is None:
+                out[name] = f"{name} is not registered"
             elif name != primary:
-                node = nodes[name]
-                # (servers that do not say how they replicate are asked
-                # for their last transaction: lagging())
+                # (servers that do not say how they replicate are judged
+                # by their last transaction alone)
                 state = node.get("replication_state") or "following"
                 if node.get("role") != "secondary" or state != "following":
-                    problems.append(f"{name} is {node.get('role')} "
-                                    f"({state}), not a following secondary")
-        return problems
-
-    def lagging(self, target):
-        """Secondaries whose last transaction is before ``target`` (asked
-        of the servers themselves), or [] once all reached it."""
+                    out[name] = (f"{name} is {node.get('role')} ({state}), "
+                                 "not a following secondary")
+        if target is None or out:
+            return out
         from zkzeo import probe
-        _, primary, _ = self.watch.state()
-        nodes = self.watch.nodes
-        out = []
         for name in NAMES:
-            if name == primary:
+            if name == primary or name in skip:
                 continue
-            node = nodes.get(name)
-            status = probe.server_status(address(node), 2.0) if node \
-                else None
+            status = probe.server_status(address(nodes[name]), 2.0)
             tid = bytes.fromhex(status["last-transaction"]) if status \
                 else None
             if tid is None or tid < target:
-                out.append((name, tid))
+                out[name] = (f"{name} is at "
+                             f"{tid.hex() if tid else 'an unknown tid'}, "
+                             f"behind the primary's {target.hex()}")
         return out
 
     def primary_tid(self):
@@ -288,30 +288,28 @@ class Chaos:
         status = probe.server_status(address(node), 2.0) if node else None
         return bytes.fromhex(status["last-transaction"]) if status else None
 
-    def wait_cluster(self, what, timeout):
-        """Wait until the cluster is whole and the secondaries caught up;
-        raises HarnessError naming what is wrong."""
+    def wait_cluster(self, what, timeout, skip=()):
+        """Wait until the cluster is whole and the secondaries have caught
+        up with the primary's last transaction as it was when the rest was
+        whole; HarnessError (with ``broken``: who) says what is wrong."""
         deadline = time.monotonic() + timeout
         self._since = time.time()
-        problems = []
+        last = {}
 
-        def whole():
-            problems[:] = self.cluster_problems()
-            return not problems
+        def whole(target=None):
+            last.clear()
+            last.update(self.problems(target, skip))
+            return not last
         try:
             wait_until(whole, what, timeout)
             target = wait_until(self.primary_tid, "the primary's last tid",
                                 max(1, deadline - time.monotonic()))
-            wait_until(lambda: not self.lagging(target),
-                       "the secondaries to catch up",
-                       max(1, deadline - time.monotonic()), interval=0.2)
+            wait_until(lambda: whole(target), what,
+                       max(1, deadline - time.monotonic()), interval=0.5)
         except HarnessError as e:
-            extra = "; ".join(problems) if problems else ""
-            lag = self.lagging(b"\xff" * 8) if not problems else []
-            if lag:
-                extra = "lagging: " + ", ".join(
-                    f"{n} at {t.hex() if t else '?'}" for n, t in lag)
-            raise HarnessError(f"{e} ({extra})" if extra else str(e))
+            error = HarnessError(f"{e} ({'; '.join(last.values())})")
+            error.broken = set(last)
+            raise error
 
     # --- cycles -----------------------------------------------------------
 
@@ -410,27 +408,49 @@ class Chaos:
         fault["ready"] = time.time()
         return True
 
+    def restart_exited(self, fault):
+        """Servers that exited by themselves are failures: counted, and
+        started again so the run goes on."""
+        for name, server in self.servers.items():
+            if server.alive():
+                continue
+            status = server.child.popen.returncode
+            what = f"{name} exited by itself (status {status})"
+            progress(f"  {what}; starting it again")
+            fault.setdefault("exited", []).append(what)
+            self.server_episodes.append((fault["cycle"], name, what))
+            server.start()
+
     def heal(self, fault):
+        """Wait until the cluster heals.  A server that does not rejoin in
+        time is stuck: counted once, and left out of later waits until it
+        is whole again."""
         a = self.args
+        self.restart_exited(fault)
+        skip = set(self.stuck_servers)
         try:
             wait_until(lambda: self.note_ready(fault),
                        "a primary writers can use", a.heal_timeout)
-            self.wait_cluster("the cluster to heal", a.heal_timeout)
+            self.wait_cluster("the cluster to heal", a.heal_timeout, skip)
         except HarnessError as e:
             fault["problem"] = str(e)
             progress(f"  not healed: {e}")
-            broken = set(self._broken_servers())
-            for name in broken - set(self.stuck_servers):
+            for name in sorted(getattr(e, "broken", {"cluster"}) - skip):
                 self.stuck_servers[name] = fault["cycle"]
                 self.server_episodes.append((fault["cycle"], name, str(e)))
-            for name in set(self.stuck_servers) - broken:
-                del self.stuck_servers[name]
         else:
-            self.stuck_servers.clear()
             fault["healed"] = time.time()
             progress(f"  healed after {fault['healed'] - fault['start']:.1f}"
                      f"s; epoch {self.watch.state()[2]}, primary "
-                     f"{self.watch.state()[1]}")
+                     f"{self.watch.state()[1]}"
+                     + (f" (still stuck: {', '.join(sorted(skip))})"
+                        if skip else ""))
+        if skip:
+            target = self.primary_tid()
+            now = self.problems(target) if target else {"cluster": ""}
+            for name in skip - set(now):
+                progress(f"  {name} is whole again")
+                del self.stuck_servers[name]
         self.check_writers(fault)
 
     def check_writers(self, fault):
@@ -450,33 +470,13 @@ class Chaos:
         late = []
         for w in self.writers:
             first = w.first_ack_after(ready)
-            if first is not None and first - ready <= bound:
-                self.stuck_clients.pop(w.key, None)
-                continue
-            late.append(w.key)
-            if w.key not in self.stuck_clients:
-                self.stuck_clients[w.key] = fault["cycle"]
-                self.client_episodes.append(
-                    (fault["cycle"], w.key,
-                     None if first is None else first - ready))
+            if first is None or first - ready > bound:
+                late.append(w.key)
+                self.client_episodes.append((fault["cycle"], w.key, bound))
         if late:
             fault["stuck_writers"] = late
             progress(f"  writers {', '.join(late)} did not commit within "
                      f"{bound:g}s after a primary was ready")
-
-    def _broken_servers(self):
-        out = []
-        for problem in self.cluster_problems():
-            name = problem.split()[0]
-            if name in self.servers:
-                out.append(name)
-        if not out:
-            try:
-                out = [n for n, _ in self.lagging(
-                    self.primary_tid() or b"\xff" * 8)]
-            except Exception:
-                pass
-        return out
 
     def count_elections(self, fault):
         elections = fault["epoch_after"] - fault["epoch_before"]
@@ -506,9 +506,8 @@ class Chaos:
             self.final["settled"] = False
             self.final["settle_problem"] = str(e)
             progress(f"  {e}")
-            for name in self._broken_servers():
-                if name not in self.stuck_servers:
-                    self.server_episodes.append(("end", name, str(e)))
+            for name in sorted(e.broken - set(self.stuck_servers)):
+                self.server_episodes.append(("end", name, str(e)))
         _, primary, _ = self.watch.state()
         self.final["primary"] = primary
         self.final["readback"] = self.read_back(primary)

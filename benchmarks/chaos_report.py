@@ -144,11 +144,13 @@ def report(chaos, elapsed, interrupted):
         f"cycle {c}: {name} ({what})" for c, name, what in
         chaos.server_episodes]
     figures["stuck_clients"] = len(chaos.client_episodes)
+    stuck = {}
+    for c, key, bound in chaos.client_episodes:
+        stuck.setdefault(c, []).append(key)
     figures["stuck_client_detail"] = [
-        f"cycle {c}: writer {key} " + (
-            "did not commit again" if s is None else
-            f"committed only {s:.1f}s") + " after a primary was ready"
-        for c, key, s in chaos.client_episodes]
+        f"cycle {c}: writers {', '.join(keys)} did not commit within "
+        f"{a.stuck_after:g}s after a primary was ready"
+        for c, keys in stuck.items()]
     figures["unhealed_cycles"] = [f["cycle"] for f in faults
                                   if "problem" in f]
     figures["writers_killed_at_end"] = final.get("writers_killed", [])
