@@ -226,12 +226,13 @@ class Chaos:
 
     def primary_node(self):
         """The node of the server the cluster state names, when it is
-        registered as primary in the state's epoch.  (Whether it accepts
-        writes, the writers tell.)"""
+        registered as primary in the state's epoch and says it accepts
+        writes."""
         _, primary, epoch = self.watch.state()
         node = self.watch.nodes.get(primary)
         if node and node.get("role") == "primary" and \
-                int(node.get("epoch") or 0) == epoch:
+                int(node.get("epoch") or 0) == epoch and \
+                node.get("writable") is True:
             return node
         return None
 
@@ -261,9 +262,7 @@ class Chaos:
             elif node is None:
                 out[name] = f"{name} is not registered"
             elif name != primary:
-                # (servers that do not say how they replicate are judged
-                # by their last transaction alone)
-                state = node.get("replication_state") or "following"
+                state = node.get("replication_state")
                 if node.get("role") != "secondary" or state != "following":
                     out[name] = (f"{name} is {node.get('role')} ({state}), "
                                  "not a following secondary")

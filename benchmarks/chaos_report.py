@@ -10,12 +10,14 @@ from collections import Counter
 # Server log lines worth counting (pattern, label): each is a failure mode
 # seen before or a role change.
 NOTABLE = [
-    (r"made itself primary", "elections won (log)"),
+    (r"made itself primary|takes over as primary", "elections won (log)"),
     (r"steps down", "primaries stepping down (log)"),
-    (r"accepting writes again", "primaries unfencing (log)"),
+    (r"accepting (writes|commits) again", "primaries unfencing (log)"),
     (r"rewound .* to transaction", "rewinds of a divergent tail (log)"),
     (r"cannot read own transaction", "'cannot read own transaction'"),
+    (r"was torn by a crash", "torn transactions recovered"),
     (r"not acknowledged by \d+ secondaries", "sync-replicas timeouts"),
+    (r"continuing asynchronously", "commits degraded to asynchronous"),
     (r"POSKeyError", "POSKeyError in a server log"),
     (r"Traceback", "tracebacks"),
 ]
