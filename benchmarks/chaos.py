@@ -71,12 +71,10 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,8 +200,7 @@ class Chaos:
             self.writers.append(Writer(self.directory, f"w{i + 1}",
                                        self.url, a.pause))
         start = time.time()
-        wait_until(lambda: all(w.read().first_ack_after(start) is not None
-                               for w in self.writers),
+        wait_until(lambda: self.all_wrote_after(start),
                    "every writer's first commit", 90)
         progress(f"{a.writers} writers commit; cycles begin")
 
@@ -333,7 +330,7 @@ class Chaos:
                    self.servers[target])
         st = a.session_timeout
         if kind == "primary-stop":   # long enough for a certain failover
-            duration = st + a.auto_failover + self.rng.uniform(1.5, 3.5)
+            duration = st + a.auto_failover + self.rng.uniform(1.5, 6.0)
         else:
             duration = self.rng.uniform(0.5, st + 2)
         fault["start"] = time.time()
@@ -452,6 +449,13 @@ class Chaos:
                 del self.stuck_servers[name]
         self.check_writers(fault)
 
+    def all_wrote_after(self, t):
+        """Whether every writer had a commit acknowledged after time t (all
+        writer logs are read first)."""
+        for w in self.writers:
+            w.read()
+        return all(w.first_ack_after(t) is not None for w in self.writers)
+
     def check_writers(self, fault):
         """Every writer must commit within --stuck-after seconds of the
         moment a primary was ready for it."""
@@ -460,8 +464,7 @@ class Chaos:
             return                  # no primary: the servers are stuck
         bound = self.args.stuck_after
         try:
-            wait_until(lambda: all(w.read().first_ack_after(ready)
-                                   for w in self.writers),
+            wait_until(lambda: self.all_wrote_after(ready),
                        "every writer to commit again",
                        max(0.1, ready + bound - time.time()))
         except HarnessError:

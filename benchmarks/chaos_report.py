@@ -1,7 +1,6 @@
 """The figures of a crash-and-freeze run (``chaos.py``), and what the
 server and writer logs say about it."""
 import bisect
-import os
 import re
 import statistics
 import sys
@@ -22,7 +21,6 @@ NOTABLE = [
     (r"Traceback", "tracebacks"),
 ]
 LEVELS = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) (.*)$")
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ ")
 
 
 def out(text=""):

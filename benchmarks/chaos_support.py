@@ -30,7 +30,7 @@ import time
 from kazoo.client import KazooClient
 
 from zkzeo.conffiles import server_config
-from zkzeo.zkserver import ZooKeeperServer, free_port
+from zkzeo.zkserver import ZooKeeperServer
 
 log = logging.getLogger("chaos")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -278,10 +278,6 @@ class Watch:
     def state(self):
         return self.states[-1] if self.states else (0.0, None, 0)
 
-    def fresh_nodes(self, after):
-        """The nodes as read after time ``after``, or None."""
-        return self.nodes if self.nodes_at > after else None
-
     def close(self):
         self._stopping.set()
         self._thread.join(5)
@@ -408,8 +404,3 @@ def compare_histories(histories):
 def tid_time(tid):
     from persistent.TimeStamp import TimeStamp
     return TimeStamp(tid).timeTime()
-
-
-__all__ = ["Child", "ZooKeeper", "Server", "Watch", "Writer", "HarnessError",
-           "wait_until", "read_history", "compare_histories", "read_text",
-           "tid_time", "free_port"]
