@@ -61,3 +61,53 @@ def test_short_chaos_run_keeps_every_promise(tmp_path):
     assert figures["replicas_identical"] is True, summary
     assert figures["settled"] is True, summary
     assert process.returncode == 0, summary
+
+
+# --- the instrument's own checks ----------------------------------------------
+
+def _chaos_support():
+    sys.path.insert(0, os.path.dirname(CHAOS))
+    try:
+        import chaos_support
+    finally:
+        sys.path.remove(os.path.dirname(CHAOS))
+    return chaos_support
+
+
+def _commit(path, **values):
+    import ZODB
+    import transaction
+    db = ZODB.DB(path)
+    try:
+        with db.transaction() as conn:
+            conn.root().update(values)
+    finally:
+        db.close()
+        transaction.abort()
+
+
+def test_replica_comparison_sees_every_kind_of_difference(tmp_path):
+    import shutil
+    support = _chaos_support()
+    a, b = str(tmp_path / "a.fs"), str(tmp_path / "b.fs")
+    _commit(a, x=1)
+    shutil.copyfile(a, b)
+    same = {"a": support.read_history(a), "b": support.read_history(b)}
+    assert len(same["a"]) == 2          # the root's creation, then x
+    assert support.compare_histories(same) is None
+
+    _commit(a, y=2)                     # a has one transaction more
+    longer = {"a": support.read_history(a), "b": support.read_history(b)}
+    assert support.compare_histories(longer) == (
+        "a has 3 transactions, b 2 (the first 2 agree)")
+
+    _commit(b, y=3)                     # same count, another transaction
+    forked = {"a": support.read_history(a), "b": support.read_history(b)}
+    assert support.compare_histories(forked).startswith(
+        "a and b differ at transaction #2: different transactions")
+
+    history = support.read_history(a)
+    tid, _ = history[-1]                # same tid, other records
+    changed = {"a": history, "b": history[:-1] + [(tid, "0" * 32)]}
+    assert support.compare_histories(changed).startswith(
+        "a and b differ at transaction #2: different contents")
