@@ -28,6 +28,7 @@ import threading
 import time
 
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 from zkzeo.conffiles import server_config
 from zkzeo.zkserver import ZooKeeperServer
@@ -236,7 +237,12 @@ class Watch:
     def __init__(self, address, path, interval=0.05):
         self.path = path
         self.interval = interval
-        self.zk = KazooClient(hosts=address, timeout=10.0)
+        # Reconnect at once after a ZooKeeper fault (kazoo's default
+        # backoff reaches a minute, which would make healing look slow).
+        self.zk = KazooClient(hosts=address, timeout=10.0,
+                              connection_retry=KazooRetry(
+                                  max_tries=-1, delay=0.1, backoff=1.5,
+                                  max_delay=0.5))
         self.zk.start(timeout=30)
         self.states = []           # (time, primary, epoch), on each change
         self.nodes = {}            # name -> node data (dict), last seen
