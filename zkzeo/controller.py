@@ -200,7 +200,8 @@ class Controller:
                 last_sentence = sentence
                 continue
             last_sentence = sentence
-            logger.info("%s", sentence)
+            if action not in CONFIRMED_FRESH:
+                logger.info("%s", sentence)
             try:
                 ACTIONS[action](self, snapshot)
             except KazooException as e:
@@ -236,9 +237,14 @@ class Controller:
         time.sleep(TICK)
         self._wake.set()
 
-    def _decide_fresh(self):
+    def _decide_fresh(self, expected):
+        """Decide again on a fresh read; log the sentence if the decision
+        stands (a resumed process must not say what a stale picture
+        suggested)."""
         fresh = self.view.refresh()
         action, sentence = ha.decide(fresh, self.me(fresh))
+        if action is expected:
+            logger.info("%s", sentence)
         return fresh, action, sentence
 
     # --- actions ------------------------------------------------------------
@@ -270,7 +276,7 @@ class Controller:
             self._publish(self.me(snapshot))
 
     def _unfence(self, snapshot):
-        fresh, action, _ = self._decide_fresh()
+        fresh, action, _ = self._decide_fresh(ha.Action.UNFENCE)
         if action is not ha.Action.UNFENCE:
             self._wake.set()
             return
@@ -288,7 +294,7 @@ class Controller:
         self._publish(self.me(snapshot))
 
     def _take_over(self, snapshot):
-        fresh, action, sentence = self._decide_fresh()
+        fresh, action, sentence = self._decide_fresh(ha.Action.TAKE_OVER)
         if action is not ha.Action.TAKE_OVER:
             self._wake.set()
             return
@@ -320,6 +326,9 @@ class Controller:
         self.view.refresh()
         self._wake.set()
 
+
+# Logged by their handler, once a fresh read confirms them.
+CONFIRMED_FRESH = (ha.Action.UNFENCE, ha.Action.TAKE_OVER)
 
 ACTIONS = {
     ha.Action.PROMOTE: Controller._promote,
