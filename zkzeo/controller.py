@@ -282,8 +282,14 @@ class Controller:
             return
         self._frozen_tid = None
         self.storage.fenced = False
+        try:
+            self.lease.renew()
+        except KazooException:
+            self.lease.renew_now()       # its own thread tries again
+        # Clients that registered read-only while we were fenced (a commit
+        # of theirs failed meanwhile, say) must register again.
+        self.storage.reconnect_clients()
         self._publish(self.me(fresh))
-        self.lease.renew_now()
 
     def _follow(self, snapshot):
         self.storage.follower.retarget()
