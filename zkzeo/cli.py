@@ -123,8 +123,28 @@ def status_rows(cluster):
             "clients": max(0, status["connections"] - 1) if status else None,
             "commits": status.get("commits") if status else None,
             "frozen": "frozen_tid" in server.extra,
+            # As the server says it: "accepting commits" for a primary,
+            # its replication state for a secondary.
+            "state": server_state(server),
         })
     return snapshot, rows
+
+
+STATE_ADVICE = {
+    "diverged": "its history differs from the primary's; see "
+                "docs/failover.md (rewind-divergent) before it can follow",
+    "stopped": "it does not replicate; its log says why (restart it once "
+               "the cause is fixed)",
+    "not accepting commits": "it is fenced (ZooKeeper unreachable, or a "
+                             "switchover under way)",
+}
+
+
+def server_state(server):
+    if server.role == PRIMARY:
+        return "accepting commits" if server.writable else \
+            "not accepting commits"
+    return server.replication_state or "unknown"
 
 
 def cmd_status(cluster, args):
@@ -145,12 +165,12 @@ def cmd_status(cluster, args):
     if not rows:
         say("no server is registered")
         return EXIT_OK
-    header = ("NAME", "ADDRESS", "ROLE", "EPOCH", "LAST TRANSACTION (UTC)",
-              "LAG", "CLIENTS")
+    header = ("NAME", "ADDRESS", "ROLE", "STATE", "EPOCH",
+              "LAST TRANSACTION (UTC)", "LAG", "CLIENTS")
     table = [header] + [(
         r["name"], r["address"], r["role"] + (" (frozen)" if r["frozen"]
                                               else ""),
-        str(r["epoch"]),
+        r["state"], str(r["epoch"]),
         r["last_time"] or ("unreachable" if not r["reachable"] else "-"),
         "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.3f}s",
         "-" if r["clients"] is None else str(r["clients"]))
@@ -161,6 +181,10 @@ def cmd_status(cluster, args):
     if state.primary and snapshot.primary is None:
         say(f"WARNING: primary {state.primary} is not registered: it is "
             "down or cut off; see 'zkzeo promote'")
+    for r in rows:
+        advice = STATE_ADVICE.get(r["state"])
+        if advice:
+            say(f"WARNING: {r['name']} is {r['state']}: {advice}")
     return EXIT_OK
 
 
@@ -244,7 +268,9 @@ def withdraw(cluster, intent, version):
         say(f"could not withdraw the {intent.action} request: {e}")
 
 
-def check_target(snapshot, name):
+def check_target(snapshot, name, now=True):
+    """CommandError unless ``name`` (if given) is a live secondary that
+    could take over (``now``), or will once it has caught up."""
     if name is None:
         return
     server = snapshot.by_name(name)
@@ -253,7 +279,7 @@ def check_target(snapshot, name):
                          if s.role == SECONDARY) or "none"
         raise CommandError(f"{name} is not a live secondary of "
                            f"{snapshot.path} (live: {live})")
-    if not ha.is_candidate(server, snapshot.state.epoch):
+    if now and not ha.is_candidate(server, snapshot.state.epoch, True):
         raise CommandError(
             f"{name} cannot become primary now: it is "
             f"{server.replication_state or 'not replicating'} and has not "
@@ -283,7 +309,7 @@ def cmd_switchover(cluster, args):
         raise CommandError(f"primary {state.primary} is not registered: a "
                            "switchover needs a live primary; use "
                            "'zkzeo promote'")
-    check_target(snapshot, args.to)
+    check_target(snapshot, args.to, now=False)
     say(f"asking {state.primary} to hand over to "
         f"{args.to or 'a caught-up secondary'}")
     return carry_out(cluster, snapshot, Intent(SWITCHOVER, args.to),
