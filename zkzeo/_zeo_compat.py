@@ -21,6 +21,9 @@ one of these.  What zkzeo's client needs from ZEO's internals:
   server is hung (a graceful close waits for a peer that never reads).
 ``ClientThread.setup_delegation``, ``.loop``, ``.client``: our ClientIO
   class, and running code on the IO thread.
+``ClientStorage(_client_factory=)``, ``._wait``: our ClientThread, and
+  waiting for the first connection (``wait=True`` would wait before the
+  storage is ready to route).
 ``ClientStorage._server``, ``._call``, ``._is_read_only``: the ClientThread,
   a server call and the mode of the last connection (for blocks of new
   oids, which must come from the current primary).
@@ -205,6 +208,16 @@ class ClientThread(ZEO.asyncio.client.ClientThread):
         cache = self.client.cache
         if type(cache) is ZEO.cache.ClientCache:
             cache.__class__ = ClientCache      # before it is used
+
+
+def with_our_client_thread(kw):
+    """ClientStorage keyword arguments that make it use our ClientThread."""
+    return dict(kw, _client_factory=ClientThread)
+
+
+def wait_connected(storage):
+    """Wait (up to the storage's wait_timeout) for its first connection."""
+    storage._wait()
 
 
 def client_io(storage):

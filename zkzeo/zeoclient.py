@@ -80,16 +80,16 @@ class ZooKeeperClientStorage(ClientStorage):
                 logger.warning("%s: %s; waiting", url, first.sentence)
             else:
                 logger.info("%s: %s", url, first.sentence)
-            kw["_client_factory"] = _zeo_compat.ClientThread
             ClientStorage.__init__(self, list(first.addresses), *args,
-                                   wait=False, **kw)
+                                   wait=False,
+                                   **_zeo_compat.with_our_client_thread(kw))
             _zeo_compat.client_io(self).start_routing(self._route, url,
                                                       first.sentence)
             self._view.on_change = self._servers_changed
             # What changed between the first look and the watch.
             self._servers_changed(None)
             if wait:
-                self._wait()
+                _zeo_compat.wait_connected(self)
         except BaseException:
             self._close_zookeeper()
             server = getattr(self, "_server", None)
