@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHAOS = os.path.join(os.path.dirname(HERE), "benchmarks", "chaos.py")
@@ -21,11 +20,6 @@ FAULTS = "primary-kill,primary-stop,secondary-kill,zookeeper-kill"
 RUN_TIMEOUT = 240
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 9: clients do not yet leave a frozen primary when ZooKeeper names "
-    "another (they wait for the freeze to end), and a fallback client whose "
-    "commit failed while the primary was fenced stays read-only after it "
-    "accepts commits again; remove this mark once both are fixed"))
 def test_short_chaos_run_keeps_every_promise(tmp_path):
     figures_path = tmp_path / "figures.json"
     command = [sys.executable, CHAOS, "--cycles", "4", "--faults", FAULTS,

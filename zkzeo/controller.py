@@ -25,7 +25,7 @@ from kazoo.protocol.states import KazooState
 from replication.storage import Role
 
 from . import ha
-from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY, SECONDARY,
+from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY,
                      STOPPED)
 from .lease import Lease
 
