@@ -121,6 +121,10 @@ class ZooKeeperClientStorage(ClientStorage):
             self._connections += 1
         if not conn.is_read_only():
             conn.lost = None
+        elif self._mode == FALLBACK:
+            # Read-only: should it try for a writable one now (and again)?
+            _zeo_compat.call_soon_in_io_thread(
+                self, _zeo_compat.client_io(self).reroute)
 
     def new_oid(self):
         """A new oid, from a block the *current* server handed out.
