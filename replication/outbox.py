@@ -97,3 +97,55 @@ class Outbox:
             self.error = e if e.errno != errno.EPIPE else \
                 ConnectionError("the peer closed the connection")
             return 0
+
+
+class HubOutbox:
+    """An Outbox for a connection only the hub may write (TLS).
+
+    An SSL connection must never be used by two threads at once, and the
+    hub reads from it: ``write()`` from any thread only queues the bytes
+    and returns False (so a committer wakes the hub), and the hub's
+    ``flush()`` sends them through the socket, in order.  Only the
+    connection's own sending greenlet flushes.
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._backlog = bytearray()
+        self._closed = False
+        self.error = None
+
+    @property
+    def backlog(self):
+        return len(self._backlog)
+
+    def write(self, data):
+        with self._lock:
+            if not self._closed:
+                self._backlog += data
+        return False
+
+    def flush(self):
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ConnectionError("connection closed")
+                data, self._backlog = self._backlog, bytearray()
+            if not data:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                self.error = e
+                raise
+
+    def sendall(self, data):
+        self.write(data)
+        self.flush()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            self._backlog = bytearray()
+        self.sock.close()
