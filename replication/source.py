@@ -40,6 +40,7 @@ from . import auth, fsynchooks, handshake, protocol
 from .address import format_address, parse_address
 from .handshake import AuthenticationError, HandshakeTimeout
 from .hub import get_hub
+from .logs import PeerLog
 from .outbox import MAX_BACKLOG, HubOutbox, Outbox
 from .protocol import (ProtocolError, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
@@ -54,14 +55,6 @@ logger = logging.getLogger(__name__)
 RECENT_BYTES = 32 * 1024 * 1024   # shared log of recently encoded txns
 CATCHUP_BATCH = 1024 * 1024       # bytes per send while catching up
 REFUSAL_LOG_INTERVAL = 10.0       # seconds between "too many" lines
-
-
-class PeerLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        # The peer (a name a secondary chose) goes into the format string:
-        # its % signs must stay text.
-        peer = self.extra["peer"].replace("%", "%%")
-        return f"{self.extra['role']} {peer}: {msg}", kwargs
 
 
 class Secondary:
