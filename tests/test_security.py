@@ -32,6 +32,7 @@ from tests.certificates import Authority
 from tests.replication_support import (Cluster, assert_same_history, blob,
                                        commit, wait_caught_up)
 from tests.support import replica_db, wait_for
+from tests.zk_servers import ZKServer
 from tests.zeo_servers import ZEOServer, replication_address
 
 PLANTED = "planted-4711-do-not-copy"
@@ -612,3 +613,75 @@ def test_tls_and_secret_together_in_process(cluster, ca, tmp_path):
     wait_caught_up(secondary, primary)
     assert_same_history(primary, secondary)
     db.close()
+
+
+# --- replicate-from zk: ---------------------------------------------------------
+
+class SecuredZKServer(ZKServer):
+    """A zkrunzeo server whose <replication> section also holds
+    ``section`` (e.g. <replication-ssl>)."""
+
+    def __init__(self, *args, section="", **kw):
+        ZKServer.__init__(self, *args, **kw)
+        self.section = section
+
+    def write_config(self):
+        path = ZKServer.write_config(self)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("  replicate-from zk:\n",
+                                 f"  replicate-from zk:\n{self.section}\n"))
+        return path
+
+
+def test_replicate_from_zk_over_tls_with_a_secret(tmp_path, zookeeper,
+                                                  zk_path, tree, zk_url, ca,
+                                                  secret_file):
+    import zkzeo
+    started = []
+
+    def server(name):
+        s = SecuredZKServer(tmp_path, name, zookeeper.address, zk_path,
+                            section=ca.config(name),
+                            replication_options={"secret-file": secret_file})
+        started.append(s)
+        return s.start()
+    db = None
+    try:
+        server("s1")
+        server("s2")
+        db = zkzeo.DB(zk_url, wait_timeout=60,
+                      blob_dir=str(tmp_path / "rw-blobs"))
+        with db.transaction() as conn:
+            conn.root.planted = PLANTED
+        reader = replica_db(zkzeo.client(
+            zk_url, read_only=True, wait_timeout=60,
+            blob_dir=str(tmp_path / "ro-blobs")))
+        try:
+            rconn = reader.open()
+
+            def seen():
+                transaction.begin()
+                return getattr(rconn.root, "planted", None) == PLANTED
+            wait_for(seen, "the write to reach the secondary over TLS")
+        finally:
+            reader.close()
+        # Anyone can read the primary's replication address in ZooKeeper
+        # (until its ACLs say otherwise); it gives them nothing.
+        address = tree.by_name()["s1"]["replication"]
+        thief = SecondaryStorage(
+            ZODB.FileStorage.FileStorage(str(tmp_path / "stolen.fs")),
+            address, name="thief", reconnect_max=0.2)
+        try:
+            wait_for(lambda: "TLS" in (thief.follower.problem or "") or
+                     "lost" in (thief.follower.problem or ""),
+                     "the rogue replica to be turned away")
+            assert thief.lastTransaction() == Z64
+        finally:
+            thief.close()
+    finally:
+        if db is not None:
+            db.close()
+        for s in reversed(started):
+            s.stop()
