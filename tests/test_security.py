@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 
@@ -273,6 +274,8 @@ def test_a_rogue_source_cannot_feed_a_secondary(cluster, ca, rogue_ca,
         wait_for(lambda: complaint in (victim.follower.problem or ""),
                  f"the secondary to refuse the rogue source ({name})")
         assert victim.lastTransaction() == Z64
+        # It said nothing about its storage: no HELLO reached the source.
+        assert f"victim-{name}@" not in caplog.text
         assert victim.follower.state is not State.FOLLOWING
 
 
@@ -685,3 +688,97 @@ def test_replicate_from_zk_over_tls_with_a_secret(tmp_path, zookeeper,
             db.close()
         for s in reversed(started):
             s.stop()
+
+
+def test_the_documented_secured_configurations(tmp_path, ca):
+    """docs/security.md's primary and secondary, run as servers with
+    certificates and a secret where the docs put them."""
+    from tests.support import Process
+    from tests.test_docs import blocks
+    from zkzeo.zkserver import free_port
+    import ast
+    ca.issue("primary")
+    ca.issue("secondary")
+    secret = write_secret(tmp_path / "replication.secret")
+    ports = {str(p): str(free_port()) for p in (8100, 8101, 8200)}
+    servers = []
+    texts = [b.values[0] for b in blocks("secureconf")]
+    assert len(texts) == 2
+    try:
+        for text in texts:
+            text = text.replace("/etc/zkzeo/replication.secret", secret) \
+                .replace("/etc/zkzeo/replication/", ca.directory + "/") \
+                .replace("var/", f"{tmp_path}/")
+            text = re.sub(r"\b(%s)\b" % "|".join(ports),
+                          lambda m: ports[m.group(1)], text)
+            directory = re.search(r"path (.*)/Data.fs", text).group(1)
+            os.makedirs(directory)
+            conf = os.path.join(directory, "zeo.conf")
+            with open(conf, "w") as f:
+                f.write(text)
+            servers.append(Process(
+                [sys.executable, "-m", "replication.runzeo", "-C", conf],
+                os.path.join(directory, "log"),
+                env={"PYTHONPATH": os.pathsep.join(sys.path)}))
+        addresses = [ast.literal_eval(wait_for(
+            lambda: re.search(r"ZEO server listening on (\(.*\))",
+                              s.output()), "the server to start").group(1))
+            for s in servers]
+        db = ZEO.DB(addresses[0], wait_timeout=60)
+        with db.transaction() as conn:
+            conn.root.planted = PLANTED
+        db.close()
+        replica = replica_db(ZEO.client(addresses[1], read_only=True,
+                                        wait_timeout=60))
+        conn = replica.open()
+
+        def visible():
+            transaction.begin()
+            return getattr(conn.root, "planted", None) == PLANTED
+        wait_for(visible, "the documented secondary to have the commit")
+        conn.close()
+        replica.close()
+        sock = attacker_socket(f"127.0.0.1:{ports['8101']}")
+        data = thief_conversation(sock)
+        sock.close()
+        assert PLANTED.encode() not in data
+        wait_for(lambda: "refused: TLS handshake failed" in
+                 servers[0].output(), "the primary to refuse the thief")
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_a_secret_file_others_may_read_is_warned_about(tmp_path, caplog):
+    path = write_secret(tmp_path / "loose.secret")
+    os.chmod(path, 0o644)
+    caplog.set_level(logging.WARNING, "replication")
+    assert auth.read_secret(path) == ("0123456789abcdef" * 4).encode()
+    assert "readable by other users" in caplog.text
+    with pytest.raises(auth.SecretError, match="cannot read"):
+        auth.read_secret(str(tmp_path / "missing"))
+
+
+def test_a_silent_source_is_given_the_handshake_timeout(cluster):
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)    # and never answer
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        secondary = cluster.secondary(
+            "127.0.0.1:%d" % listener.getsockname()[1], name="patient",
+            security=Security(handshake_timeout=1.0))
+        wait_for(lambda: "not completed within 1s" in
+                 (secondary.follower.problem or ""),
+                 "the secondary to give up on the silent source")
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
