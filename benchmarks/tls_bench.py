@@ -107,12 +107,13 @@ CONFIGS = [("plain TCP", "tcp", 0), ("TLS + secret", "tls", 0),
            ("TLS + secret, sync-replicas 1", "tls", 1)]
 
 
-def bench(workdir, n, n_paced, rounds, rng):
+def bench(workdir, n, n_paced, rounds, rng, modes=("async", "sync")):
     secured = Secured(workdir)
-    rates = {label: [] for label, _, _ in CONFIGS}
-    lags = {label: [] for label, _, _ in CONFIGS}
+    configs = [c for c in CONFIGS if ("sync" if c[2] else "async") in modes]
+    rates = {label: [] for label, _, _ in configs}
+    lags = {label: [] for label, _, _ in configs}
     for r in range(rounds):
-        for i, (label, mode, sync) in enumerate(CONFIGS):
+        for i, (label, mode, sync) in enumerate(configs):
             progress(f"  round {r + 1}/{rounds}: {label} ...")
             name = f"tls-{i}-{r}"
             settle()
@@ -128,15 +129,18 @@ def bench(workdir, n, n_paced, rounds, rng):
     out(f"    ({n_paced} commits paced at {PACE_RATE}/s); primary + 1 "
         f"secondary server; median of {rounds} round(s)")
     results = {}
-    for label, mode, sync in CONFIGS:
+    for label, mode, sync in configs:
         rate = statistics.median(rates[label])
         base_label = "plain TCP, sync-replicas 1" if sync else "plain TCP"
         base = statistics.median(rates[base_label])
         lag = min(lags[label], key=lambda s: s["p50"]) if rounds == 1 \
             else sorted(lags[label], key=lambda s: s["p50"])[rounds // 2]
         results[label] = (rate, rate / base, lag)
-        out(f"  {label:<31} {rate:6.0f} commits/s {rate / base:5.2f} x   "
-            f"lag {fmt_lag(lag)}")
+        spread = f" ({min(rates[label]):.0f}-{max(rates[label]):.0f})" \
+            if rounds > 1 else ""
+        out(f"  {label:<31} {rate:6.0f} commits/s{spread} "
+            f"{rate / base:5.2f} x")
+        out(f"  {'':<31} lag {fmt_lag(lag)}")
     out("    ratios: TLS to plain TCP in the same mode (async or sync); a "
         "negative lag: the")
     out("    secondary's client saw the commit before commit() returned "
@@ -159,6 +163,8 @@ def main(argv=None):
                         "median is reported")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--only", default="async,sync",
+                        help="async, sync or both (default)")
     args = parser.parse_args(argv)
     n = 300 if args.quick else 1000
     n_paced = 200 if args.quick else 500
@@ -172,7 +178,8 @@ def main(argv=None):
     out(environment(workdir))
     status = 0
     try:
-        bench(workdir, n, n_paced, rounds, random.Random(args.seed))
+        bench(workdir, n, n_paced, rounds, random.Random(args.seed),
+              args.only.split(","))
     except KeyboardInterrupt:
         progress("\ninterrupted: stopping the server processes ...")
         status = 130

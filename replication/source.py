@@ -548,11 +548,13 @@ class Source:
                         frame_started = None
                     elif frame_started is None:
                         frame_started = now
-                    wait = silence if frame_started is None else \
-                        frame_started + silence - now
-                    with gevent.Timeout(max(wait, 0), ConnectionError(
-                            f"no whole frame from the secondary for "
-                            f"{silence}s")):
+                    if frame_started is None:
+                        wait, problem = silence, "no word"
+                    else:
+                        wait = frame_started + silence - now
+                        problem = "no whole frame"
+                    with gevent.Timeout(max(wait, 0.001), ConnectionError(
+                            f"{problem} from the secondary for {silence}s")):
                         data = sock.recv(handshake.READ_SIZE)
                     if not data:
                         raise EOFError("secondary closed the connection")
