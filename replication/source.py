@@ -234,14 +234,18 @@ class Source:
                     secondary.sent_tid = enc.tid
             return done
 
-    def wait_for_acks(self, tid, count, timeout):
+    def wait_for_acks(self, tid, count, timeout, abandon=lambda: False):
         """Wait until ``count`` secondaries acknowledged ``tid``.
 
-        Returns True if they did within ``timeout`` seconds.
+        Returns True if they did within ``timeout`` seconds, False if not,
+        and False as soon as ``abandon()`` is true (the storage lost the
+        primary role: ``wake_waiters`` makes that immediate).
         """
         deadline = time.monotonic() + timeout
         with self._acks:
             while True:
+                if abandon():
+                    return False
                 acked = sum(1 for s in list(self.secondaries)
                             if s.acked_tid >= tid)
                 if acked >= count:
@@ -249,7 +253,12 @@ class Source:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._acks.wait(remaining)
+                self._acks.wait(min(remaining, 0.1))
+
+    def wake_waiters(self):
+        """Make every ``wait_for_acks`` look at ``abandon()`` now."""
+        with self._acks:
+            self._acks.notify_all()
 
     def status(self):
         return [s.status() for s in list(self.secondaries)]

@@ -8,6 +8,7 @@ import asyncio
 import enum
 import logging
 import threading
+import time
 
 import zope.interface
 from ZODB.FileStorage import FileStorage
@@ -176,6 +177,12 @@ class SyncReplicationTimeout(Exception):
     """Too few secondaries acknowledged a commit in time (sync-block)."""
 
 
+class NotPrimary(ReadOnlyError):
+    """This server stopped being the primary while the commit was in
+    flight; the commit did not succeed here (fencing: it never succeeds
+    late)."""
+
+
 class Role(enum.Enum):
     PRIMARY = "primary"
     SECONDARY = "secondary"
@@ -219,7 +226,11 @@ class ReplicatedStorage(StorageProxy):
         self.rewind_divergent = rewind_divergent
         self.hub = hub
         self.epoch = epoch
-        self.fenced = False
+        self._fenced = False
+        # A monotonic deadline until which a primary may acknowledge
+        # commits, renewed by whoever decides roles (zkzeo's lease); None
+        # when nobody does (fixed roles, as in zc.zrs).
+        self.lease_until = None
         # Set by a ZEO server that runs tpc_finish on its event loop: an
         # asynchronous commit then goes to the secondaries right after the
         # committing client has its answer, not before.
@@ -287,6 +298,10 @@ class ReplicatedStorage(StorageProxy):
         with self._role_lock:
             self.role = Role.SECONDARY
             self.epoch = max(self.epoch, epoch)
+            if self.lease_until is not None:
+                self.lease_until = 0.0     # a lease belongs to one epoch
+            if self.source is not None:
+                self.source.wake_waiters()
             if self.follower is not None:
                 self.follower.stop()
             self._follow(source)
@@ -301,8 +316,23 @@ class ReplicatedStorage(StorageProxy):
             self._db.invalidateCache()
 
     @property
+    def fenced(self):
+        return self._fenced
+
+    @fenced.setter
+    def fenced(self, value):
+        self._fenced = value
+        if value and self.source is not None:
+            self.source.wake_waiters()     # commits waiting for ACKs fail
+
+    def lease_valid(self):
+        lease = self.lease_until
+        return lease is None or time.monotonic() < lease
+
+    @property
     def writable(self):
-        return self.role is Role.PRIMARY and not self.fenced
+        return self.role is Role.PRIMARY and not self.fenced and \
+            self.lease_valid()
 
     def isReadOnly(self):
         return not self.writable
@@ -341,6 +371,13 @@ class ReplicatedStorage(StorageProxy):
         return self.base.tpc_vote(transaction)
 
     def tpc_finish(self, transaction, func=lambda tid: None):
+        if not self.writable:
+            # Fenced (or the lease ran out) since the vote: the commit
+            # fails here rather than succeed on a server that may have been
+            # replaced meanwhile.
+            self.base.tpc_abort(transaction)
+            raise NotPrimary(self._not_primary_reason())
+        epoch = self.epoch
         tid = self.base.tpc_finish(transaction, func)
         if self.source is not None:
             end = self._committed_size()
@@ -355,11 +392,28 @@ class ReplicatedStorage(StorageProxy):
             else:
                 self.source.notify_commit(tid, end)
         if self.sync_replicas:
-            self._wait_for_replicas(tid)
+            self._wait_for_replicas(tid, epoch)
+        if not self.writable or self.epoch != epoch:
+            # Replaced while the commit was being finished: do not
+            # acknowledge it (it may be cut off this server's history).
+            raise NotPrimary(f"transaction {tid.hex()} was committed on "
+                             f"{self.name} but "
+                             f"{self._not_primary_reason()}: it is not "
+                             "acknowledged and may be rewound away")
         return tid
 
-    def _wait_for_replicas(self, tid):
+    def _not_primary_reason(self):
+        if self.role is not Role.PRIMARY:
+            return f"{self.name} is no longer the primary"
+        if self.fenced:
+            return f"{self.name} stopped accepting commits (fenced)"
+        return (f"{self.name} could not confirm in time that it is still "
+                "the primary (lease expired)")
+
+    def _wait_for_replicas(self, tid, epoch):
         source = self.source
+        replaced = lambda: (self.role is not Role.PRIMARY or self.fenced
+                            or self.epoch != epoch)
         if self._degraded_at is not None:
             # Degraded: do not wait again until enough secondaries have
             # caught up with the commits they missed.
@@ -371,8 +425,11 @@ class ReplicatedStorage(StorageProxy):
                            "secondaries acknowledge commits again",
                            self.sync_replicas)
             self._degraded_at = None
-        if source.wait_for_acks(tid, self.sync_replicas, self.sync_timeout):
+        if source.wait_for_acks(tid, self.sync_replicas, self.sync_timeout,
+                                abandon=replaced):
             return
+        if replaced():
+            return          # tpc_finish refuses to acknowledge it
         message = (f"transaction {tid.hex()} was not acknowledged by "
                    f"{self.sync_replicas} secondaries within "
                    f"{self.sync_timeout}s")

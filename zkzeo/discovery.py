@@ -6,6 +6,7 @@ the node does not exist, and a ChildrenWatch on its children once it does),
 and calls ``on_change(snapshot)`` after each change.  kazoo runs watch
 callbacks on its own event thread; ``on_change`` must not block for long.
 """
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -62,7 +63,15 @@ class Snapshot:
 
 
 class ClusterView:
-    """Follows ``path`` in ZooKeeper; ``snapshot`` is always current."""
+    """Follows ``path`` in ZooKeeper; ``snapshot`` is always current.
+
+    Three kinds of watch keep it so: a DataWatch on the database's node
+    (the cluster state), a ChildrenWatch on its children (servers coming
+    and going), and a DataWatch on each child (a server changing what it
+    says of itself, e.g. a primary that starts accepting writes: servers
+    update their node in place, never delete and re-create it, because a
+    node missing for an instant looks like a dead server).
+    """
 
     def __init__(self, client, path, on_change=None):
         self.client = client
@@ -70,8 +79,11 @@ class ClusterView:
         self.on_change = on_change
         self.snapshot = Snapshot(path)
         self._lock = threading.RLock()
+        self._state = (None, None)      # data, stat of the database's node
         self._children = None
         self._children_watch = None
+        self._child_data = {}           # child -> data, kept by DataWatches
+        self._child_watches = set()     # children with a DataWatch
         self._stopped = False
         self._warned = set()
         self._ready = threading.Event()
@@ -87,6 +99,7 @@ class ClusterView:
         if self._stopped:
             return False
         with self._lock:
+            self._state = (data, stat)
             if stat is None:
                 self._children = None
                 self._children_watch = None
@@ -95,33 +108,66 @@ class ClusterView:
                 # so one is started each time the node (re)appears.
                 self._children_watch = ChildrenWatch(
                     self.client, self.path, self._children_changed)
-            self._refresh(data, stat)
+            self._publish()
         self._ready.set()
 
     def _children_changed(self, children):
         if self._stopped:
             return False
         with self._lock:
-            self._children = children
-            try:
-                data, stat = self.client.retry(self.client.get, self.path)
-            except NoNodeError:
-                data, stat = None, None
-            self._refresh(data, stat)
+            self._children = list(children)
+            for child in children:
+                if child not in self._child_watches:
+                    self._child_watches.add(child)
+                    # Calls back at once with the child's data.
+                    DataWatch(self.client, f"{self.path}/{child}",
+                              functools.partial(self._child_changed, child))
+            for child in set(self._child_data) - set(children):
+                del self._child_data[child]
+            self._publish()
+
+    def _child_changed(self, child, data, stat):
+        if self._stopped:
+            return False
+        with self._lock:
+            if stat is None:
+                self._child_data.pop(child, None)
+                if child not in (self._children or ()):
+                    self._child_watches.discard(child)
+                    self._publish()
+                    return False        # gone for good; a new one if back
+            else:
+                self._child_data[child] = data
+            self._publish()
 
     def refresh(self):
-        """Re-read everything now (also after a server changed its data)."""
+        """Re-read everything now, bypassing the watches: what a decision
+        that must not act on a stale picture reads."""
         with self._lock:
             try:
                 data, stat = self.client.retry(self.client.get, self.path)
-                self._children = self.client.retry(
-                    self.client.get_children, self.path)
+                children = self.client.retry(self.client.get_children,
+                                             self.path)
             except NoNodeError:
-                data, stat, self._children = None, None, None
-            self._refresh(data, stat)
-        return self.snapshot
+                data, stat, children = None, None, []
+            fresh = {}
+            for child in children:
+                try:
+                    fresh[child], _ = self.client.retry(
+                        self.client.get, f"{self.path}/{child}")
+                except NoNodeError:
+                    continue            # gone meanwhile
+            snapshot = self._build(data, stat, sorted(fresh), fresh)
+            self._set(snapshot)
+        return snapshot
 
-    def _refresh(self, data, stat):
+    def _publish(self):
+        data, stat = self._state
+        children = [c for c in sorted(self._children or ())
+                    if c in self._child_data]
+        self._set(self._build(data, stat, children, self._child_data))
+
+    def _build(self, data, stat, children, child_data):
         problems = []
         try:
             state = ClusterState.from_bytes(data, self.path)
@@ -129,23 +175,23 @@ class ClusterView:
             problems.append(str(e))
             state = ClusterState()
         servers = []
-        for child in sorted(self._children or ()):
+        for child in children:
             try:
-                child_data, _ = self.client.retry(
-                    self.client.get, f"{self.path}/{child}")
-                servers.append(ServerInfo.from_node(child, child_data))
-            except NoNodeError:
-                continue            # gone meanwhile
+                servers.append(ServerInfo.from_node(child, child_data[child]))
             except LayoutError as e:
                 problems.append(f"{self.path}: {e}; skipped")
         for problem in problems:
             if problem not in self._warned:
                 self._warned.add(problem)
                 logger.warning("%s", problem)
-        snapshot = Snapshot(self.path, stat is not None, state,
-                            stat.version if stat else -1,
-                            tuple(servers), tuple(problems))
-        changed = snapshot != self.snapshot
+        return Snapshot(self.path, stat is not None, state,
+                        stat.version if stat else -1,
+                        tuple(servers), tuple(problems))
+
+    def _set(self, snapshot):
+        changed = snapshot != self.snapshot or any(
+            a.extra != b.extra for a, b in zip(snapshot.servers,
+                                               self.snapshot.servers))
         self.snapshot = snapshot
         if changed and self.on_change is not None:
             try:

@@ -1,6 +1,7 @@
 """A server's ephemeral node: ``PATH/HOST:PORT`` with its ServerInfo JSON.
 
-Registration is idempotent and retried (``client.retry``).  A node left by
+Registration is idempotent and retried (``client.retry``).  Changes are
+written in place.  A node left by
 an earlier session of ours (a crashed process whose session has not yet
 expired) is replaced; a node owned by our current session is updated.
 After a session expiry kazoo reconnects with a new session, and the
@@ -63,34 +64,24 @@ class Registration:
         return self._register()
 
     def update(self, info):
-        """Publish new data (a role change, say).  The node is re-created,
-        so that watchers of the path's children see the change."""
+        """Publish new data (a role change, a new replication state) in
+        place: watchers of the node see it, and the node never disappears
+        (a node missing for an instant looks like a dead server)."""
         with self._lock:
-            old, self.info = self.info, info
+            self.info = info
             if self._closed:
                 return
             try:
-                if old.child != info.child:
-                    self._delete(f"{self.path}/{old.child}")
-                    self.node = f"{self.path}/{info.child}"
-                self._delete(self.node)
                 self.client.retry(self._register)
             except Exception as e:
                 # Not registered now: try again from kazoo's side, and on
                 # the next reconnection.
-                logger.warning("could not register %s again (%s); retrying",
+                logger.warning("could not publish %s (%s); retrying",
                                self.node, e)
                 self._lost = True
                 self.client.handler.spawn(self._reregister)
 
-    def publish(self, info):
-        """New data in the same node (no children event): for facts that
-        only readers of this node need, like a frozen last tid."""
-        with self._lock:
-            if not self._closed:
-                self.client.retry(self.client.set, self.node,
-                                  info.to_bytes())
-            self.info = info     # only once it is there
+    publish = update
 
     def _delete(self, node):
         try:
