@@ -17,9 +17,9 @@ greenlets.  They cross into the hub in exactly two ways:
 One shortcut skips the hub: a committing thread writes a new transaction
 straight to the sockets of the secondaries that follow live, without
 blocking, through each connection's ``Outbox`` (``outbox.py``); it wakes
-the hub only when a socket did not take everything.  Not over TLS: an SSL
-connection is used by the hub alone (``HubOutbox``), so there a committer
-queues the bytes and wakes the hub.
+the hub only when a socket did not take everything.  Over TLS it encrypts
+under the connection's lock, which the hub takes to decrypt what it reads
+(``tls.ServerConnection``).
 
 Going the other way, the hub only sets ``threading`` primitives (a
 Condition for synchronous replication) and calls storage methods.  No

@@ -13,8 +13,8 @@ writes the transaction to every secondary that is following live (see
 ``outbox.py``): no hand-off to the hub per commit.  The hub takes over for
 whatever that cannot do without waiting: a socket that does not take the
 bytes at once, blobs, a secondary that is behind the log (it reads the
-storage iterator), and anything unusual about the file.  Over TLS the hub
-writes everything (an SSL connection is never used by two threads).
+storage iterator), and anything unusual about the file.  Over TLS too:
+the committer encrypts under the connection's lock (``tls.py``).
 
 Who may connect (see ``auth.py``, ``handshake.py``): with TLS or a shared
 secret configured, a peer that does not prove itself gets nothing, and
@@ -41,7 +41,7 @@ from .address import format_address, parse_address
 from .handshake import AuthenticationError, HandshakeTimeout
 from .hub import get_hub
 from .logs import PeerLog
-from .outbox import MAX_BACKLOG, HubOutbox, Outbox
+from .outbox import MAX_BACKLOG, Outbox
 from .protocol import (ProtocolError, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
 from .tls import peer_name
@@ -60,11 +60,10 @@ REFUSAL_LOG_INTERVAL = 10.0       # seconds between "too many" lines
 class Secondary:
     """What a source knows about one connected secondary."""
 
-    def __init__(self, peer, sock, hub_writes=False):
+    def __init__(self, peer, sock):
         self.peer = peer
         self.sock = sock
-        # A TLS connection is written by the hub only (HubOutbox).
-        self.out = HubOutbox(sock) if hub_writes else Outbox(sock)
+        self.out = Outbox(sock)
         # True while the committing thread writes new transactions to it
         # (it has everything before them); the hub sets it, a committer
         # that cannot write at once clears it.  Under Source._lock.
@@ -429,7 +428,7 @@ class Source:
                     sock = tls.wrap_server(sock)
                     handshake.tls_handshake(sock)
                 hello, reader = handshake.accept(sock, self.security)
-            secondary = Secondary(peer, sock, hub_writes=tls is not None)
+            secondary = Secondary(peer, sock)
             self._serve(secondary, hello, reader, log)
         except AuthenticationError as e:
             log.warning("refused: %s", e)

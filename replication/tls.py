@@ -18,9 +18,17 @@ The contexts are built as ZEO's ``ZEO.zconfig.ssl_config`` builds them
 CRLs), with gevent's ``ssl`` module because replication I/O runs on the
 gevent hub.  Unlike ZEO's client, ``authenticate`` is required: the
 system's public CAs say nothing about who may hold a copy of a database.
+
+A source's side of a connection is a ``ServerConnection``: TLS through
+memory BIOs over the plain socket, every use of its SSL object under one
+lock.  That lets a committing thread encrypt and write a new transaction
+itself (``Outbox``), as over plain TCP, while the hub reads; an SSL
+object must never be used by two threads at once, and a gevent SSL socket
+belongs to the hub.  A follower's side is an ordinary gevent SSL socket.
 """
 import logging
 import os
+import threading
 
 import gevent.ssl as ssl
 
@@ -80,8 +88,7 @@ class TLS:
 
     def wrap_server(self, sock):
         """``sock``, accepted by a source, as TLS (handshake not done)."""
-        return self.server_context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False)
+        return ServerConnection(self.server_context, sock)
 
     def wrap_client(self, sock, address):
         """``sock``, connected to the source at ``address``, as TLS."""
@@ -94,6 +101,106 @@ class TLS:
                 "server-hostname (or check-hostname off)")
         return self.client_context.wrap_socket(
             sock, server_hostname=hostname, do_handshake_on_connect=False)
+
+
+READ_SIZE = 16 * 1024 + 256     # one TLS record
+
+
+class ServerConnection:
+    """A source's TLS connection: the socket methods the source uses, over
+    an SSL object with memory BIOs.
+
+    ``lock`` guards the SSL object: ``recv`` (the hub) and ``seal`` (under
+    the lock, by the connection's ``Outbox``, from any thread) take turns.
+    ``seal`` returns the ciphertext of what it is given together with
+    anything else the SSL object has to send (a session ticket, an alert),
+    in order, so whoever writes sealed bytes in sealing order keeps the
+    stream intact.
+    """
+
+    def __init__(self, context, sock):
+        self.raw = sock
+        self.lock = threading.Lock()
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=True)
+
+    # --- on the hub -------------------------------------------------------
+
+    def do_handshake(self):
+        while True:
+            with self.lock:
+                try:
+                    self._ssl.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                except ssl.SSLError:
+                    self._send_pending()    # the alert says why
+                    raise
+                self._send_pending()
+            if done:
+                return
+            data = self.raw.recv(READ_SIZE)
+            if not data:
+                raise EOFError("peer closed the connection during the TLS "
+                               "handshake")
+            self._incoming.write(data)
+
+    def _send_pending(self):
+        pending = self._outgoing.read()
+        if pending:
+            try:
+                self.raw.sendall(pending)
+            except OSError:
+                pass        # the handshake's error says more
+
+    def recv(self, size):
+        while True:
+            with self.lock:
+                try:
+                    return self._ssl.read(size)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    return b""
+            data = self.raw.recv(READ_SIZE)
+            if not data:
+                return b""
+            with self.lock:
+                self._incoming.write(data)
+
+    def sendall(self, data):
+        with self.lock:
+            sealed = self.seal(data)
+        self.raw.sendall(sealed)
+
+    # --- from any thread, under ``lock`` ----------------------------------
+
+    def seal(self, data):
+        self._ssl.write(data)
+        return self._outgoing.read()
+
+    # --- the rest of a socket ---------------------------------------------
+
+    def getpeercert(self):
+        return self._ssl.getpeercert()
+
+    def version(self):
+        return self._ssl.version()
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def getsockname(self):
+        return self.raw.getsockname()
+
+    def settimeout(self, timeout):
+        self.raw.settimeout(timeout)
+
+    def close(self):
+        self.raw.close()
 
 
 def peer_name(sock):

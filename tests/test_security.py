@@ -20,6 +20,7 @@ import time
 
 import pytest
 import transaction
+from persistent.mapping import PersistentMapping
 import ZEO
 import ZConfig
 import ZODB.config
@@ -782,3 +783,43 @@ def test_a_silent_source_is_given_the_handshake_timeout(cluster):
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+@pytest.mark.parametrize("sync_replicas", [0, 1])
+def test_tls_stream_under_concurrent_committers(cluster, ca, sync_replicas):
+    """Committing threads encrypt and write to the TLS connections while
+    the replication thread reads acknowledgements from them."""
+    primary = cluster.primary(security=Security(tls=ca.tls("p")),
+                              sync_replicas=sync_replicas)
+    secondaries = [cluster.secondary(primary, name=f"s{i}",
+                                     security=Security(tls=ca.tls(f"s{i}")))
+                   for i in range(2)]
+    wait_for(lambda: len(primary.source.status()) == 2,
+             "both secondaries to connect")
+    db = ZODB.DB(primary)
+    with db.transaction() as conn:
+        for n in range(4):      # one object per committer: no conflicts
+            conn.root()[f"c{n}"] = PersistentMapping()
+    errors = []
+
+    def committer(n):
+        try:
+            for i in range(40):
+                with db.transaction() as conn:
+                    mine = conn.root()[f"c{n}"]
+                    mine["i"] = i
+                    if i % 10 == 0:
+                        mine["blob"] = blob(b"x" * (i * 100))
+        except Exception as e:      # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=committer, args=(n,))
+               for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for s in secondaries:
+        wait_caught_up(s, primary)
+        assert_same_history(primary, s)
+    db.close()
