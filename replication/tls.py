@@ -129,17 +129,18 @@ class ServerConnection:
     # --- on the hub -------------------------------------------------------
 
     def do_handshake(self):
+        # Before the connection has an Outbox: this greenlet is its only
+        # user, and nothing waits for its lock.
         while True:
-            with self.lock:
-                try:
-                    self._ssl.do_handshake()
-                    done = True
-                except ssl.SSLWantReadError:
-                    done = False
-                except ssl.SSLError:
-                    self._send_pending()    # the alert says why
-                    raise
-                self._send_pending()
+            try:
+                self._ssl.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError:
+                self._send_pending()    # the alert says why
+                raise
+            self._send_pending()
             if done:
                 return
             data = self.raw.recv(READ_SIZE)
