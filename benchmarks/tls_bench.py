@@ -19,9 +19,9 @@ Usage::
 
     PYTHONPATH=. python benchmarks/tls_bench.py [--quick] [--rounds N]
 
-Over TLS the committing thread does not write to the secondaries' sockets
-itself (an SSL connection is never used by two threads): the replication
-hub writes, one thread hand-off per commit.
+Over TLS, as over TCP, the committing thread writes a new transaction to
+the secondaries itself (it encrypts under the connection's lock, see
+``replication/tls.py``).
 """
 import argparse
 import logging
