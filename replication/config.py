@@ -8,6 +8,7 @@ from ZODB.FileStorage import FileStorage
 
 from . import auth, tls
 from .address import AddressError, parse_address
+from .recovery import recover_torn_transaction
 from .storage import ReplicatedStorage
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ class ReplicationConfig:
             protect_shared_blob_dir(c.base)
         base = c.base.open()
         try:
+            # Here rather than in the storage, so that `base` is the one to
+            # close if anything fails.
+            base = recover_torn_transaction(base, c.base.open)
             return wrap(base, c.name or base.getName())
         except BaseException:
             base.close()

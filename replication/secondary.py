@@ -12,7 +12,21 @@ read-only ``SecondaryStorage``::
 Any error inside a transaction aborts it, so a secondary's storage only ever
 holds whole transactions.  Lost connections are retried with exponential
 backoff; a divergent history stops the follower for good (nothing is
-overwritten) and says what to do.
+overwritten) and says what to do, and so does a handshake that fails on our
+own side (our last transaction unreadable, an unexpected error): retrying
+would fail the same way.
+
+States (``Follower.state``, changed only by ``_set_state``)::
+
+    CONNECTING --handshake--> CATCHING_UP --at the source's tail--> FOLLOWING
+        ^                          |                                   |
+        +----- connection lost ----+-----------------------------------+
+    any --divergent history--> DIVERGED
+    any --stop(), or a handshake that cannot work--> STOPPED
+
+CATCHING_UP means connected but not yet at the last transaction the source
+reported (in WELCOME or a heartbeat): applying the backlog, or receiving a
+byte copy.  The values are the strings zkzeo's server nodes carry.
 """
 import base64
 import enum
@@ -44,10 +58,21 @@ CONNECT_TIMEOUT = 10.0
 
 
 class State(enum.Enum):
-    CONNECTING = "connecting"
-    FOLLOWING = "following"
-    DIVERGED = "diverged"
-    STOPPED = "stopped"
+    CONNECTING = "connecting"      # no stream (yet, or it was lost)
+    CATCHING_UP = "catching-up"    # connected, not yet at the source's tail
+    FOLLOWING = "following"        # caught up, applying the live stream
+    DIVERGED = "diverged"          # stopped: our history differs
+    STOPPED = "stopped"            # stopped: stop(), or cannot follow
+
+
+# The same strings as zkzeo.layout's REPLICATION_STATES (replication does
+# not import zkzeo; a test checks that they agree).
+REPLICATION_STATES = tuple(state.value for state in State)
+
+
+class CannotFollow(Exception):
+    """Replicating cannot work until an operator (or a restart) acts: our
+    side of the handshake failed."""
 
 
 class Diverged(Exception):
@@ -147,7 +172,10 @@ class PendingTransaction:
         self.oids.append(record.oid)
         self.record = None
 
-    def finish(self, end):
+    def finish(self, end, invalidate):
+        """Vote and finish; ``invalidate(tid, oids)`` runs inside
+        ``tpc_finish``, before the storage's ``lastTransaction()`` moves
+        (ZODB's order: a reader never sees the new tid without them)."""
         if self.record is not None:
             raise ProtocolError("END inside a record")
         if end.tid != self.tid:
@@ -160,7 +188,8 @@ class PendingTransaction:
                 "data was corrupted on the way; nothing was committed")
         with fsync_deferred():      # the follower fsyncs before it ACKs
             self.storage.tpc_vote(self.meta)
-            self.storage.tpc_finish(self.meta)
+            self.storage.tpc_finish(
+                self.meta, lambda tid: invalidate(tid, self.oids))
         self.begun = False
         return self.oids
 
@@ -179,16 +208,18 @@ class PendingTransaction:
 class Follower:
     """Follows one source and applies its transactions to ``storage``.
 
-    ``committed(tid, oids)`` is called on the hub after each transaction is
-    committed (the secondary storage passes the invalidations on); it is
-    fsynced, with the others of its group, before it is acknowledged (see
+    ``invalidate(tid, oids)`` is called on the hub from inside each
+    transaction's ``tpc_finish`` (the secondary storage passes the
+    invalidations on to its DB there, before ``lastTransaction()`` moves),
+    ``committed(tid, oids)`` after it is committed; it is fsynced, with the
+    others of its group, before it is acknowledged (see
     ``fsynchooks.py``).  With
     ``install(path, blobs) -> storage``, an empty storage accepts a byte
     copy of its source's file, which ``install`` puts in its place.
     """
 
     def __init__(self, storage, source_address, committed, install=None,
-                 rewind=None,
+                 rewind=None, invalidate=lambda tid, oids: None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, seen_epoch=lambda epoch: None,
                  reconnect_min=0.1, reconnect_max=5.0, hub=None,
@@ -198,6 +229,7 @@ class Follower:
         self.security = security
         self.source_address = source_address
         self.committed = committed
+        self.invalidate = invalidate
         self.install = install
         self.rewind = rewind
         self.keep_alive_delay = keep_alive_delay
@@ -213,6 +245,7 @@ class Follower:
         self.state = State.CONNECTING
         self.problem = None
         self.source_last_tid = Z64
+        self._catch_up_to = Z64    # the source's last tid as it reported it
         self.source_epoch = 0
         self.connected_since = None
         self.peer = None           # the source address in use
@@ -241,7 +274,8 @@ class Follower:
         def kill():
             if self._greenlet is not None:
                 self._greenlet.kill()
-            self.state = State.STOPPED
+            if self.state is not State.DIVERGED:    # keep why it stopped
+                self._set_state(State.STOPPED, self.problem)
         self.hub.call(kill)
 
     def status(self):
@@ -258,9 +292,21 @@ class Follower:
 
     # --- on the hub -----------------------------------------------------
 
+    def _set_state(self, state, problem=None):
+        """The one place where the state changes (with why, if not fine)."""
+        self.state = state
+        self.problem = problem
+
+    def _check_caught_up(self, last_tid, log):
+        if self.state is State.CATCHING_UP and last_tid >= self._catch_up_to:
+            self._set_state(State.FOLLOWING)
+            log.info("caught up with the source at tid %s: following its "
+                     "live stream", last_tid.hex())
+
     def _run(self):
         delay = self.reconnect_min
         log = logger
+        unexpected = None       # the last unexpected error, said in full
         while True:
             source = self.source_address
             address = source() if callable(source) else source
@@ -274,7 +320,8 @@ class Follower:
             try:
                 address = parse_address(address)
             except ValueError as e:
-                self.problem = f"bad source address {source!r}: {e}"
+                self._set_state(State.CONNECTING,
+                                f"bad source address {source!r}: {e}")
                 _adapter(self.name, "?").error("%s", self.problem)
                 gevent.sleep(self.reconnect_max)
                 continue
@@ -301,8 +348,7 @@ class Follower:
                             continue
                     except Exception:
                         log.exception("rewind failed")
-                self.state = State.DIVERGED
-                self.problem = str(e)
+                self._set_state(State.DIVERGED, str(e))
                 log.critical(
                     "replication stopped: %s. This secondary's data was "
                     "left as it is. Either rebuild it from the source (move "
@@ -311,26 +357,48 @@ class Follower:
                     "Data.fs.divergent-TID and cuts the divergent "
                     "transactions off.", e)
                 return
+            except CannotFollow as e:
+                sock.close()
+                self._set_state(State.STOPPED, str(e))
+                log.critical(
+                    "replication stopped: %s. Nothing was changed. Restart "
+                    "this server: on opening, a Data.fs whose last "
+                    "transaction was torn by a crash is cut back to its last "
+                    "complete one. If it fails again, rebuild this secondary "
+                    "from its source (move its Data.fs aside and restart "
+                    "it).", e)
+                return
             except ProtocolError as e:
-                self.problem = f"protocol error from {peer}: {e}"
+                self._set_state(State.CONNECTING,
+                                f"protocol error from {peer}: {e}")
                 log.error("dropping connection: %s", e)
             except (OSError, ConnectionError, EOFError) as e:
-                self.problem = f"connection to {peer} lost: {e}"
+                self._set_state(State.CONNECTING,
+                                f"connection to {peer} lost: {e}")
                 log.warning("connection lost: %s", e or type(e).__name__)
             except gevent.GreenletExit:
                 sock.close()
                 raise
             except Exception as e:
-                self.problem = f"{type(e).__name__}: {e}"
-                log.exception("replication error")
+                problem = f"{type(e).__name__}: {e}"
+                self._set_state(State.CONNECTING, problem)
+                if problem == unexpected:
+                    # The same again: the traceback was logged already.
+                    log.error("replication error again: %s; retrying",
+                              problem)
+                else:
+                    log.exception("replication error")
+                unexpected = problem
             finally:
-                if self.state is State.FOLLOWING:
-                    self.state = State.CONNECTING
+                if self.state in (State.FOLLOWING, State.CATCHING_UP):
+                    self._set_state(State.CONNECTING, self.problem)
                 self.connected_since = None
             sock.close()
             # Start again quickly only after a session that got somewhere;
             # a failure that repeats after the handshake backs off too.
             progressed = self.storage.lastTransaction() != last_before
+            if progressed:
+                unexpected = None
             delay = self.reconnect_min if progressed else \
                 min(delay * 2, self.reconnect_max)
             gevent.sleep(delay)
@@ -340,8 +408,7 @@ class Follower:
         few seconds helps nobody), wait; return the next, longer delay."""
         (log.debug if problem == self.problem else log.warning)(
             "%s; retrying every %.1fs at most", problem, self.reconnect_max)
-        self.state = State.CONNECTING
-        self.problem = problem
+        self._set_state(State.CONNECTING, problem)
         gevent.sleep(delay)
         return min(delay * 2, self.reconnect_max)
 
@@ -351,9 +418,16 @@ class Follower:
     def _handshake(self, sock, tid, flags):
         """Say HELLO for our transaction ``tid``; return (the source's
         protocol version, its answer: WELCOME or REFUSE, the reader)."""
-        digest = transaction_digest(self.storage, tid)
+        try:
+            digest = transaction_digest(self.storage, tid)
+        except Exception as e:
+            raise CannotFollow(
+                f"cannot read this secondary's own transaction {tid.hex()}: "
+                f"{type(e).__name__}: {e}") from e
         if digest is None:
-            raise RuntimeError(f"cannot read own transaction {tid.hex()}")
+            raise CannotFollow(
+                f"this secondary's last transaction {tid.hex()} is not in "
+                f"its own {self.storage.getName()} (torn by a crash?)")
         sock.settimeout(CONNECT_TIMEOUT)
         hello = Hello(self.epoch(), tid, digest, flags, self.name)
         with handshake.deadline(self.security.handshake_timeout,
@@ -367,7 +441,15 @@ class Follower:
         flags = self._hello_flags()
         if self.install is not None and is_empty(self.storage):
             flags |= protocol.CAN_SNAPSHOT
-        version, answer, reader = self._handshake(sock, last_tid, flags)
+        try:
+            version, answer, reader = self._handshake(sock, last_tid, flags)
+        except (CannotFollow, ProtocolError, OSError, EOFError):
+            raise
+        except Exception as e:
+            # Not the network, not the peer: trying again fails the same
+            # way, several times a second, for ever.
+            raise CannotFollow(f"unexpected error in the handshake: "
+                               f"{type(e).__name__}: {e}") from e
         if isinstance(answer, Refuse):
             reason = protocol.REFUSE_NAMES.get(answer.code, answer.code)
             if answer.code == protocol.DIVERGENT:
@@ -387,16 +469,20 @@ class Follower:
                 f"{self.epoch()} this secondary has seen: not following it")
         self.seen_epoch(answer.epoch)
         self.source_epoch = answer.epoch
-        self.source_last_tid = answer.last_tid
+        self.source_last_tid = self._catch_up_to = answer.last_tid
         # A source with synchronous replicas waits for our ACKs; any other
         # hears from us at most every ACK_INTERVAL while data streams in.
         self._ack_delay = 0.0 if answer.flags & protocol.ACK_EACH else \
             min(protocol.ACK_INTERVAL, self.keep_alive_delay)
-        self.state = State.FOLLOWING
-        self.problem = None
         self.connected_since = time.time()
-        log.info("following from tid %s (source at %s)", last_tid.hex(),
-                 answer.last_tid.hex())
+        if last_tid >= answer.last_tid:
+            self._set_state(State.FOLLOWING)
+            log.info("following from tid %s, the source's last",
+                     last_tid.hex())
+        else:
+            self._set_state(State.CATCHING_UP)
+            log.info("following from tid %s; catching up with the source's "
+                     "last, %s", last_tid.hex(), answer.last_tid.hex())
         sock.settimeout(None)
         self._receive(sock, reader, log)
 
@@ -459,13 +545,14 @@ class Follower:
                 elif isinstance(message, End):
                     if pending is None:
                         raise ProtocolError("END outside a transaction")
-                    oids = pending.finish(message)
+                    oids = pending.finish(message, self.invalidate)
                     pending = None
                     self._unsynced = True
                     last_tid = message.tid
                     if last_tid > self.source_last_tid:
                         self.source_last_tid = last_tid
                     self.committed(last_tid, oids)
+                    self._check_caught_up(last_tid, log)
                 elif isinstance(message, Heartbeat):
                     if pending is not None or snapshot is not None:
                         raise ProtocolError("HEARTBEAT inside a transaction")
@@ -475,6 +562,10 @@ class Follower:
                     self.seen_epoch(message.epoch)
                     self.source_last_tid = message.last_tid
                     self.source_epoch = message.epoch
+                    # Idle at the source: it has sent all it has.
+                    self._catch_up_to = max(self._catch_up_to,
+                                            message.last_tid)
+                    self._check_caught_up(last_tid, log)
                 elif isinstance(message, Snapshot):
                     if self.install is None or last_tid != Z64 or \
                             pending is not None or snapshot is not None:
@@ -503,6 +594,7 @@ class Follower:
                     log.info("byte copy installed (%d blob files); "
                              "following from tid %s", len(blobs),
                              last_tid.hex())
+                    self._check_caught_up(last_tid, log)
                 else:
                     raise ProtocolError(
                         f"unexpected {type(message).__name__} from a source")

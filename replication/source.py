@@ -228,9 +228,10 @@ class Source:
                         secondary.following = False
                         done = False
                         break
+                    # Before the bytes go: its ACK may come back at once.
+                    secondary.sent_tid = enc.tid
                     if not secondary.out.write(enc.parts[0]):
                         done = False        # the hub flushes the rest
-                    secondary.sent_tid = enc.tid
             return done
 
     def wait_for_acks(self, tid, count, timeout, abandon=lambda: False):
@@ -500,6 +501,8 @@ class Source:
         try:
             if (hello.flags & protocol.CAN_SNAPSHOT and hello.tid == Z64
                     and self._last_tid != Z64 and can_snapshot(self.storage)):
+                # No ACK can come before SNAPSHOT_END, its last frame, and
+                # nothing yields between that send and this assignment.
                 secondary.sent_tid = send_snapshot(
                     sock, self.storage,
                     self.send_blobs and hello.flags & protocol.WANT_BLOBS,
@@ -573,6 +576,13 @@ class Source:
                     raise ProtocolError(
                         f"unexpected {type(message).__name__} from a "
                         "secondary")
+                if message.tid > secondary.sent_tid:
+                    # It cannot have what we never sent it: never count it
+                    # toward synchronous replication.
+                    raise ProtocolError(
+                        f"ACK of transaction {message.tid.hex()}, which was "
+                        "not sent on this connection (the last one sent is "
+                        f"{secondary.sent_tid.hex()})")
                 secondary.last_heard = time.monotonic()
                 if message.tid > secondary.acked_tid:
                     secondary.acked_tid = message.tid
@@ -611,8 +621,8 @@ class Source:
             if recent:
                 catchup = _close(catchup)
                 for enc in recent:
+                    secondary.sent_tid = enc.tid    # before: see _deliver
                     self._send_batch(out, [enc])
-                    secondary.sent_tid = enc.tid
                 continue
             # Catching up through the storage iterator.
             if catchup is None:
@@ -635,8 +645,8 @@ class Source:
                 catchup = None
                 gevent.sleep(0.01)
                 continue
+            secondary.sent_tid = pending[-1].tid    # before: see _deliver
             self._send_batch(out, pending)
-            secondary.sent_tid = pending[-1].tid
 
     def _send_batch(self, out, encoded):
         buf = []

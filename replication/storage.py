@@ -15,6 +15,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
 from . import auth, snapshot
+from .recovery import recover_torn_transaction
 from .secondary import Follower
 from .source import Source
 
@@ -214,6 +215,12 @@ class ReplicatedStorage(StorageProxy):
                  sync_block=False, replicate_blobs=True, name="",
                  reconnect_max=5.0, reopen=None, epoch=0,
                  rewind_divergent=False, hub=None, security=auth.OPEN):
+        if reopen is None and snapshot.can_snapshot(base):
+            reopen = _filestorage_reopener(base)
+        if reopen is not None:
+            # A crash between tpc_vote and tpc_finish leaves a last tid that
+            # is in no file; nothing here may start from it.
+            base = recover_torn_transaction(base, reopen)
         StorageProxy.__init__(self, base)
         self.security = security   # TLS, secret, limits (auth.Security)
         self.name = name or base.getName()
@@ -238,8 +245,6 @@ class ReplicatedStorage(StorageProxy):
         self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
         self._role_lock = threading.RLock()
-        if reopen is None and snapshot.can_snapshot(base):
-            reopen = _filestorage_reopener(base)
         self._reopen = reopen
         self.source = None
         self.replication_address = None
@@ -266,7 +271,7 @@ class ReplicatedStorage(StorageProxy):
 
     def _follow(self, source):
         self.follower = Follower(
-            self.base, source, self._committed,
+            self.base, source, self._committed, invalidate=self._invalidate,
             install=self._install_snapshot if self._reopen else None,
             rewind=self._rewind if self._reopen and self.rewind_divergent
             else None,
@@ -324,6 +329,14 @@ class ReplicatedStorage(StorageProxy):
         self._fenced = value
         if value and self.source is not None:
             self.source.wake_waiters()     # commits waiting for ACKs fail
+
+    def finish_commits_in_flight(self):
+        """Return once no commit holds the storage's commit lock (one in
+        flight fails at its vote or finish once fenced)."""
+        lock = getattr(self.base, "_commit_lock", None)  # FileStorage's
+        if lock is not None:
+            with lock:
+                pass
 
     def lease_valid(self):
         lease = self.lease_until
@@ -471,11 +484,18 @@ class ReplicatedStorage(StorageProxy):
         return self.base.getSize() if snapshot.can_snapshot(self.base) \
             else None
 
-    def _committed(self, tid, oids):
-        # On the replication hub, after a replicated commit.
+    def _invalidate(self, tid, oids):
+        # On the replication hub, inside the base storage's tpc_finish of a
+        # replicated commit, before its lastTransaction() moves to tid:
+        # ZODB's order.  The other order lets a reader start at tid while
+        # its cache still holds what tid changed: a torn snapshot.
         db = self._db
         if db is not None:
             db.invalidate(tid, oids)
+
+    def _committed(self, tid, oids):
+        # On the replication hub, after a replicated commit (invalidated
+        # already, see _invalidate).
         if self.source is not None:
             if self.source.secondaries and self.follower is not None:
                 # Never hand on what a crash here could take back: the
@@ -526,10 +546,22 @@ class ReplicatedStorage(StorageProxy):
 
     # --- status and closing -------------------------------------------------
 
+    def replication_state(self):
+        """None for a primary; for a secondary, how it replicates: one of
+        ``replication.secondary.REPLICATION_STATES`` ("connecting",
+        "catching-up", "following", "diverged", "stopped").  Only a
+        "following" secondary has its source's data up to the moment it
+        connected, and is applying the live stream."""
+        follower = self.follower
+        if self.role is Role.PRIMARY or follower is None:
+            return None
+        return follower.state.value
+
     def replication_status(self):
         status = {"role": self.role.value, "epoch": self.epoch,
                   "fenced": self.fenced,
-                  "last_tid": self.lastTransaction().hex()}
+                  "last_tid": self.lastTransaction().hex(),
+                  "replication_state": self.replication_state()}
         if self.follower is not None:
             status.update(self.follower.status())
         if self.source is not None:

@@ -124,6 +124,7 @@ def test_divergent_secondary_stops_and_keeps_its_data(cluster, primary,
     wait_for(lambda: secondary.follower.state is State.DIVERGED,
              "the secondary to find its history divergent")
     assert "not in this source's history" in secondary.follower.problem
+    assert secondary.replication_state() == "diverged"
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert critical and "divergent history" in critical[0].getMessage()
     assert "rebuild it" in critical[0].getMessage()

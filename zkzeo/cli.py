@@ -3,14 +3,16 @@
     zkzeo status URL [--json]
     zkzeo promote URL [--to NAME] [--force] [--timeout SECONDS]
     zkzeo switchover URL [--to NAME] [--timeout SECONDS]
+    zkzeo pause URL / zkzeo resume URL          (automatic failover)
     zkzeo check URL [--lag-warning S] [--lag-critical S] ...   (Nagios)
     zkzeo metrics URL [--port PORT | --once]                  (Prometheus)
 
 It reads the cluster straight from ZooKeeper and asks the servers for their
 positions (ZEO's server_status).  Transitions are written to ZooKeeper as
-compare-and-set changes of the cluster state; the servers carry them out
-with the same decision code they always run (zkzeo.ha), and the command
-waits until they have, or says why not and exits non-zero.
+an *intent* in the cluster state (a compare-and-set); the servers carry it
+out with the same decision code they always run (zkzeo.ha): the command
+never picks a target itself.  It reports their progress and waits until
+they are done, or withdraws the intent, says why, and exits non-zero.
 """
 import argparse
 import json
@@ -20,9 +22,10 @@ import time
 from kazoo.exceptions import BadVersionError
 from ZODB.TimeStamp import TimeStamp
 
-from . import probe, zk
+from . import ha, probe, zk
 from .discovery import ClusterView
-from .layout import PRIMARY, SECONDARY, ClusterState, LayoutError, parse_url
+from .layout import (PROMOTE, PRIMARY, SECONDARY, SWITCHOVER, Intent,
+                     LayoutError, parse_url)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Z64 = "0" * 16
@@ -129,12 +132,16 @@ def cmd_status(cluster, args):
     state = snapshot.state
     if args.json:
         print(json.dumps({"path": snapshot.path, "primary": state.primary,
-                          "epoch": state.epoch, "handover": state.handover,
+                          "epoch": state.epoch,
+                          "intent": state.intent.to_json() if state.intent
+                          else None, "paused": state.paused,
                           "servers": rows}, indent=2))
         return EXIT_OK
     say(f"{snapshot.path}: primary {state.primary or '(none)'}, epoch "
-        f"{state.epoch}" + (f", handing over to {state.handover}"
-                            if state.handover else ""))
+        f"{state.epoch}" + (
+            f", {state.intent.action} to {state.intent.to or 'any candidate'}"
+            " under way" if state.intent else "") +
+        (", automatic failover paused" if state.paused else ""))
     if not rows:
         say("no server is registered")
         return EXIT_OK
@@ -157,105 +164,149 @@ def cmd_status(cluster, args):
     return EXIT_OK
 
 
-# --- promote -----------------------------------------------------------------
-
-def most_up_to_date(cluster, snapshot, names):
-    positions = cluster.positions(snapshot)
-    reachable = [(positions[n]["last-transaction"], n) for n in names
-                 if positions.get(n)]
-    if not reachable:
-        raise CommandError("no secondary answers; nothing to promote")
-    newest = max(t for t, _ in reachable)
-    return min(n for t, n in reachable if t == newest), newest
-
+# --- transitions: intents the servers carry out -------------------------------
 
 def wait_writable(cluster, name, epoch, timeout):
     def ready():
         server = cluster.snapshot().by_name(name)
-        if server is None or server.role != PRIMARY or server.epoch < epoch:
+        if server is None or server.role != PRIMARY or \
+                server.epoch < epoch or not server.writable:
             return False
         return probe.accepts_writes(server.address, timeout=1.0)
     cluster.wait(ready, f"{name} accepting writes as primary", timeout)
 
 
+def carry_out(cluster, snapshot, intent, timeout):
+    """Write ``intent`` into the cluster state, then report the servers'
+    progress until a server holds the next epoch; on failure the intent is
+    withdrawn (if it is still there) and CommandError says why."""
+    state = snapshot.state
+    if state.intent is not None:
+        raise CommandError(
+            f"a {state.intent.action} is already under way (to "
+            f"{state.intent.to or 'any candidate'}); wait for it, or see "
+            "'zkzeo status'")
+    written = cluster.set_state(state.with_(intent=intent),
+                                snapshot.state_version)
+    start = time.monotonic()
+    said = set()
+
+    def progress():
+        current = cluster.snapshot()
+        if current.state.epoch > state.epoch:
+            return current
+        if current.state.intent != intent:
+            raise CommandError("the request was withdrawn (the primary gave "
+                               "up the switchover, or another operator); "
+                               "see 'zkzeo status'")
+        sentence = describe_progress(current)
+        if sentence not in said:
+            said.add(sentence)
+            say(sentence)
+        return None
+    try:
+        done = cluster.wait(progress, f"the {intent.action}", timeout)
+    except BaseException:
+        withdraw(cluster, intent, written.version)
+        raise
+    new = done.state
+    say(f"cluster state: primary {new.primary}, epoch {new.epoch} (was "
+        f"{state.primary}, epoch {state.epoch})")
+    remaining = max(5.0, timeout - (time.monotonic() - start))
+    wait_writable(cluster, new.primary, new.epoch, remaining)
+    say(f"{new.primary} is primary and accepts writes "
+        f"({time.monotonic() - start:.2f}s after the request)")
+    return EXIT_OK
+
+
+def describe_progress(snapshot):
+    state = snapshot.state
+    intent = state.intent
+    if intent.action == SWITCHOVER:
+        primary = snapshot.primary
+        frozen = primary.extra.get("frozen_tid") if primary else None
+        if frozen is None:
+            return f"waiting for {state.primary} to stop accepting commits"
+        return (f"{state.primary} stopped accepting commits at {frozen}; "
+                f"waiting for {intent.to or 'a secondary'} to catch up")
+    _, sentence = ha.elect(snapshot)
+    return f"election: {sentence}"
+
+
+def withdraw(cluster, intent, version):
+    try:
+        current = cluster.snapshot()
+        if current.state.intent == intent and \
+                current.state_version == version:
+            cluster.set_state(current.state.with_(intent=None), version)
+            say(f"the {intent.action} request was withdrawn")
+    except Exception as e:
+        say(f"could not withdraw the {intent.action} request: {e}")
+
+
+def check_target(snapshot, name):
+    if name is None:
+        return
+    server = snapshot.by_name(name)
+    if server is None or server.role != SECONDARY:
+        live = ", ".join(s.name for s in snapshot.servers
+                         if s.role == SECONDARY) or "none"
+        raise CommandError(f"{name} is not a live secondary of "
+                           f"{snapshot.path} (live: {live})")
+    if not ha.is_candidate(server, snapshot.state.epoch):
+        raise CommandError(
+            f"{name} cannot become primary now: it is "
+            f"{server.replication_state or 'not replicating'} and has not "
+            f"followed the primary in epoch {snapshot.state.epoch}")
+
+
 def cmd_promote(cluster, args):
     snapshot = cluster.snapshot()
-    state = snapshot.state
     old = snapshot.primary
     if old is not None and not args.force:
         raise CommandError(
             f"primary {old.name} is still registered at {old.child}; for a "
             f"planned change use 'zkzeo switchover', or add --force if it "
-            "is really dead (a live old primary steps down)")
-    secondaries = [s.name for s in snapshot.servers if s.role == SECONDARY]
-    if args.to:
-        if args.to not in secondaries:
-            raise CommandError(f"{args.to} is not a live secondary of "
-                               f"{snapshot.path} (live: "
-                               f"{', '.join(secondaries) or 'none'})")
-        target, _ = args.to, None
-    else:
-        target, tid = most_up_to_date(cluster, snapshot, secondaries)
-        say(f"{target} is the most up-to-date secondary (at {tid})")
-    epoch = state.epoch + 1
-    start = time.monotonic()
-    cluster.set_state(ClusterState(target, epoch), snapshot.state_version)
-    say(f"cluster state: primary {target}, epoch {epoch} (was "
-        f"{state.primary}, epoch {state.epoch})")
-    wait_writable(cluster, target, epoch, args.timeout)
-    say(f"{target} is primary and accepts writes "
-        f"({time.monotonic() - start:.2f}s after the state change)")
-    return EXIT_OK
+            "is really dead or hung (a live old primary stops accepting "
+            "commits, and the new one waits out its write lease)")
+    check_target(snapshot, args.to)
+    say(f"asking the servers to promote {args.to or 'the most up-to-date secondary'}")
+    return carry_out(cluster, snapshot,
+                     Intent(PROMOTE, args.to, force=args.force),
+                     args.timeout)
 
-
-# --- switchover ----------------------------------------------------------------
 
 def cmd_switchover(cluster, args):
     snapshot = cluster.snapshot()
     state = snapshot.state
-    old = snapshot.primary
-    if old is None:
+    if snapshot.primary is None:
         raise CommandError(f"primary {state.primary} is not registered: a "
                            "switchover needs a live primary; use "
                            "'zkzeo promote'")
-    secondaries = [s.name for s in snapshot.servers if s.role == SECONDARY]
-    if args.to:
-        if args.to not in secondaries:
-            raise CommandError(f"{args.to} is not a live secondary")
-        target = args.to
-    else:
-        target, _ = most_up_to_date(cluster, snapshot, secondaries)
-    start = time.monotonic()
-    handover = cluster.set_state(
-        ClusterState(old.name, state.epoch, handover=target),
-        snapshot.state_version)
-    try:
-        say(f"{old.name} stops accepting commits")
-        frozen = cluster.wait(
-            lambda: (cluster.snapshot().by_name(old.name) or old).extra.get(
-                "frozen_tid"),
-            f"{old.name} stopping commits", args.timeout)
-        say(f"{old.name} stopped at {frozen}; waiting for {target}")
-        target_address = snapshot.by_name(target).address
-        cluster.wait(
-            lambda: (probe.server_status(target_address, 2.0) or {}).get(
-                "last-transaction", "") >= frozen,
-            f"{target} catching up with {frozen}", args.timeout)
-        # Against the handover's own version: if the primary gave up the
-        # handover meanwhile (and took writes again), this must fail.
-        cluster.set_state(ClusterState(target, state.epoch + 1),
-                          handover.version)
-    except BaseException:
-        current = cluster.snapshot()
-        if current.state.handover:
-            cluster.set_state(ClusterState(old.name, state.epoch),
-                              current.state_version)
-            say(f"switchover abandoned: {old.name} stays primary")
-        raise
-    say(f"cluster state: primary {target}, epoch {state.epoch + 1}")
-    wait_writable(cluster, target, state.epoch + 1, args.timeout)
-    say(f"{target} is primary and accepts writes; writes paused "
-        f"{time.monotonic() - start:.2f}s; {old.name} follows {target}")
+    check_target(snapshot, args.to)
+    say(f"asking {state.primary} to hand over to "
+        f"{args.to or 'a caught-up secondary'}")
+    return carry_out(cluster, snapshot, Intent(SWITCHOVER, args.to),
+                     args.timeout)
+
+
+def cmd_pause(cluster, args):
+    return set_paused(cluster, True)
+
+
+def cmd_resume(cluster, args):
+    return set_paused(cluster, False)
+
+
+def set_paused(cluster, paused):
+    snapshot = cluster.snapshot()
+    if not snapshot.exists or snapshot.state.primary is None:
+        raise CommandError(f"{snapshot.path} holds no zkzeo cluster")
+    if snapshot.state.paused != paused:
+        cluster.set_state(snapshot.state.with_(paused=paused),
+                          snapshot.state_version)
+    say(f"automatic failover of {snapshot.path} is "
+        f"{'paused' if paused else 'on (where servers enable it)'}")
     return EXIT_OK
 
 
@@ -286,6 +337,12 @@ def parser():
                             help="give up (and give the primary back) after "
                             "this; below the primary's own 30 s limit")
     switchover.set_defaults(func=cmd_switchover)
+    pause = sub.add_parser("pause", help="pause automatic failover")
+    pause.add_argument("url")
+    pause.set_defaults(func=cmd_pause)
+    resume = sub.add_parser("resume", help="resume automatic failover")
+    resume.add_argument("url")
+    resume.set_defaults(func=cmd_resume)
     from .monitoring import add_commands
     add_commands(sub)
     return p

@@ -1,26 +1,41 @@
 """A running zkrunzeo server's HA loop: snapshot -> decision -> action.
 
-One thread runs the loop.  It wakes when the ClusterView reports a change
-or kazoo reports a connection state change (both only set an Event: kazoo
-callbacks never block), and at least every ``TICK`` seconds for timers
-(fencing after a lost session, the automatic failover grace period, a
-stalled switchover).  ``ha.decide`` chooses; this module acts, with
-compare-and-set writes to ZooKeeper, and logs the decision's sentence.
+One thread runs the loop.  It wakes when the ClusterView reports a change,
+when kazoo reports a connection state change, or when the write lease is
+granted or lost (each only sets an Event: kazoo callbacks never block), and
+at least every ``TICK`` seconds for timers (the automatic failover grace
+period, a stalled switchover) and to publish what changed in the server's
+own node (its replication state, whether it accepts commits).
+
+``ha.decide`` chooses; ``ACTIONS`` maps each ``ha.Action`` to the method
+that performs it, with compare-and-set writes to ZooKeeper; the decision's
+sentence is logged at INFO.  Actions that change the cluster state or
+unfence decide again on a freshly read snapshot first: a watch's picture
+may be stale, and a new ZooKeeper session proves nothing about who is
+primary now.  The write lease (``lease.py``) runs on its own thread and
+gates every commit independently of this loop.
 """
 import logging
 import threading
 import time
 
-from kazoo.exceptions import BadVersionError
+from kazoo.exceptions import BadVersionError, KazooException
 from kazoo.protocol.states import KazooState
 
+from replication.storage import Role
+
 from . import ha
-from .layout import PRIMARY, SECONDARY, ClusterState
+from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY, SECONDARY,
+                     STOPPED)
+from .lease import Lease
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.2
-ELECTION_SETTLE = 0.5
+
+_FOLLOWER_STATES = {"connecting": CONNECTING, "following": FOLLOWING,
+                    "catching-up": "catching-up", "diverged": DIVERGED,
+                    "stopped": STOPPED}
 
 
 class Controller:
@@ -38,18 +53,26 @@ class Controller:
         self._stopping = False
         self._suspended_at = None
         self._session_lost = False
-        self._primary_missing_at = None
+        self._gone_key = None        # (primary, epoch) the timer is for
+        self._gone_since = None
         self._fenced_at = None
+        self._followed_epoch = None
+        self._position = None        # (epoch, last tid) published
+        self._frozen_tid = None      # where a switchover froze us
+        self.lease = Lease(zk, view.path, registration, storage,
+                           config.session_timeout, on_change=self._wake.set)
         view.on_change = lambda snapshot: self._wake.set()
         zk.add_listener(self._zk_state)
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="zkzeo-controller")
 
     def start(self):
+        self.lease.start()
         self.thread.start()
 
     def stop(self):
         self._stopping = True
+        self.lease.stop()
         self._wake.set()
         self.zk.remove_listener(self._zk_state)
         if self.thread.is_alive():
@@ -67,25 +90,46 @@ class Controller:
         self._wake.set()
 
     def _session_ok(self):
-        # kazoo reports SUSPENDED only some 2/3 of the session timeout after
-        # it last heard from ZooKeeper, and no LOST at all while no ensemble
-        # member answers; the session may expire (and another server be
-        # promoted) a third of the timeout later.  So a primary stops
-        # writing as soon as the connection is suspended.
+        # kazoo reports SUSPENDED some 2/3 of the session timeout after it
+        # last heard from ZooKeeper, and no LOST at all while no ensemble
+        # member answers: a primary stops as soon as it is suspended (the
+        # lease would stop it a little later anyway).
         return not self._session_lost and self._suspended_at is None
+
+    # --- what this server knows and says of itself -------------------------
+
+    def replication_state(self):
+        storage = self.storage
+        if storage.role is Role.PRIMARY:
+            return None
+        report = getattr(storage, "replication_state", None)
+        if report is not None:
+            return report()
+        follower = storage.follower
+        if follower is None:
+            return STOPPED
+        return _FOLLOWER_STATES.get(follower.state.value, STOPPED)
 
     def me(self, snapshot):
         now = time.monotonic()
         storage = self.storage
-        if snapshot.state.primary and snapshot.primary is None and \
-                snapshot.state.primary != self.name:
-            self._primary_missing_at = self._primary_missing_at or now
+        state = snapshot.state
+        if state.primary and snapshot.primary is None and \
+                state.primary != self.name:
+            # The grace period belongs to one primary in one epoch: a
+            # timer started for an earlier one never fires for this one.
+            key = (state.primary, state.epoch)
+            if key != self._gone_key:
+                self._gone_key, self._gone_since = key, now
         else:
-            self._primary_missing_at = None
+            self._gone_key = self._gone_since = None
         if storage.fenced:
             self._fenced_at = self._fenced_at or now
         else:
             self._fenced_at = None
+        replication_state = self.replication_state()
+        if replication_state == FOLLOWING:
+            self._followed_epoch = storage.epoch
         follower = storage.follower
         return ha.Me(
             name=self.name, role=storage.role.value, epoch=storage.epoch,
@@ -93,9 +137,41 @@ class Controller:
             following=follower.peer if follower is not None else None,
             session_ok=self._session_ok(),
             fenced_for=now - self._fenced_at if self._fenced_at else 0.0,
-            primary_gone_for=(now - self._primary_missing_at
-                              if self._primary_missing_at else 0.0),
-            auto_failover=self.config.auto_failover)
+            primary_gone_for=now - self._gone_since if self._gone_since
+            else 0.0,
+            auto_failover=self.config.auto_failover,
+            last_tid=storage.lastTransaction().hex(),
+            replication_state=replication_state,
+            followed_epoch=self._followed_epoch,
+            position=self._position)
+
+    def _info(self, me):
+        """The node data this server should publish now."""
+        info = self.registration.info
+        primary = me.role == PRIMARY
+        extra = {k: v for k, v in info.extra.items()
+                 if k not in ("followed_epoch", "position", "frozen_tid",
+                              "last_tid")}
+        if not primary and me.followed_epoch is not None:
+            extra["followed_epoch"] = me.followed_epoch
+        if not primary and self._position is not None and \
+                self._position[0] == me.epoch:
+            extra["position"] = list(self._position)
+        if primary and self._frozen_tid is not None:
+            extra["frozen_tid"] = self._frozen_tid
+        writable = (primary and not me.fenced and
+                    self.lease.granted_epoch == me.epoch)
+        return info.with_(role=me.role, epoch=me.epoch, writable=writable,
+                          replication_state=me.replication_state,
+                          extra=extra)
+
+    def _publish(self, me):
+        info = self._info(me)
+        current = self.registration.info
+        if info != current or info.extra != current.extra:
+            self.registration.update(info)
+
+    # --- the loop ----------------------------------------------------------
 
     def _run(self):
         last_sentence = None
@@ -106,15 +182,15 @@ class Controller:
                 break
             snapshot = self.view.snapshot
             try:
-                info = self.registration.info
-                if self.storage.epoch != info.epoch and self._session_ok():
-                    # a secondary that followed a promotion says so
-                    self.registration.publish(
-                        info.with_(epoch=self.storage.epoch))
-            except Exception as e:
-                logger.warning("could not publish the epoch: %s", e)
-            action, sentence = ha.decide(snapshot, self.me(snapshot))
-            if action == ha.NOTHING:
+                me = self.me(snapshot)
+                if me.session_ok:
+                    self._publish(me)
+                action, sentence = ha.decide(snapshot, me)
+            except KazooException as e:
+                logger.warning("%s could not reach ZooKeeper (%s); trying "
+                               "again", self.name, e.__class__.__name__)
+                continue
+            if action is ha.Action.NOTHING:
                 if sentence != last_sentence:
                     logger.debug("%s", sentence)
                 last_sentence = sentence
@@ -122,96 +198,113 @@ class Controller:
             last_sentence = sentence
             logger.info("%s", sentence)
             try:
-                getattr(self, "_" + action.replace("-", "_"))(snapshot)
+                ACTIONS[action](self, snapshot)
+            except KazooException as e:
+                logger.warning("%s could not %s: ZooKeeper said %s; trying "
+                               "again", self.name, action.value,
+                               e.__class__.__name__)
+                self._retry_soon()
             except Exception:
-                logger.exception("could not %s; trying again", action)
-                time.sleep(TICK)
-                self._wake.set()
+                logger.exception("%s could not %s; trying again", self.name,
+                                 action.value)
+                self._retry_soon()
+
+    def _retry_soon(self):
+        time.sleep(TICK)
+        self._wake.set()
+
+    def _decide_fresh(self):
+        fresh = self.view.refresh()
+        action, sentence = ha.decide(fresh, self.me(fresh))
+        return fresh, action, sentence
 
     # --- actions ------------------------------------------------------------
 
     def _promote(self, snapshot):
+        self._position = None
         self.storage.become_primary(snapshot.state.epoch)
-        self.registration.update(self._fresh_info(PRIMARY, snapshot))
+        self._publish(self.me(snapshot))
+        self.lease.renew_now()
 
     def _demote(self, snapshot):
-        # Let a commit in flight finish (or fail at vote) first.
+        # Commits in flight fail (fenced); let the one holding the commit
+        # lock end before replication starts writing.
         self.storage.fenced = True
-        with self.storage.base._commit_lock:
-            pass
+        self.storage.finish_commits_in_flight()
+        self._frozen_tid = None
         self.storage.become_secondary(self.replication_source,
                                       snapshot.state.epoch)
-        self.registration.update(self._fresh_info(SECONDARY, snapshot))
+        self._publish(self.me(snapshot))
 
-    def _fresh_info(self, role, snapshot):
-        # A new role starts without the facts of the old one (a frozen
-        # tid, a tid published for an election).
-        info = self.registration.info
-        extra = {k: v for k, v in info.extra.items()
-                 if k not in ("frozen_tid", "last_tid")}
-        return info.with_(role=role, epoch=snapshot.state.epoch, extra=extra)
+    def _fence(self, snapshot):
+        self.storage.fenced = True
+        state = snapshot.state
+        if state.handover is not None and self._session_ok():
+            # Say where our history ends, for the switchover's target to
+            # catch up with: after the commit in flight, if any, ended.
+            self.storage.finish_commits_in_flight()
+            self._frozen_tid = self.storage.lastTransaction().hex()
+            self._publish(self.me(snapshot))
+
+    def _unfence(self, snapshot):
+        fresh, action, _ = self._decide_fresh()
+        if action is not ha.Action.UNFENCE:
+            self._wake.set()
+            return
+        self._frozen_tid = None
+        self.storage.fenced = False
+        self._publish(self.me(fresh))
+        self.lease.renew_now()
 
     def _follow(self, snapshot):
         self.storage.follower.retarget()
 
-    def _fence(self, snapshot):
-        self.storage.fenced = True
-        if snapshot.state.handover and self._session_ok():
-            # Let the commit in flight (if any) finish, then say where our
-            # history ends, for the switchover to wait for.
-            base = self.storage.base
-            with base._commit_lock:
-                last = base.lastTransaction()
-            self.registration.publish(self.registration.info.with_(
-                extra=dict(self.registration.info.extra,
-                           frozen_tid=last.hex())))
+    def _stand(self, snapshot):
+        me = self.me(snapshot)
+        self._position = (me.epoch, me.last_tid)
+        self._publish(self.me(snapshot))
 
-    def _unfence(self, snapshot):
-        self.storage.fenced = False
-        if "frozen_tid" in self.registration.info.extra:
-            extra = dict(self.registration.info.extra)
-            del extra["frozen_tid"]
-            self.registration.publish(
-                self.registration.info.with_(extra=extra))
-
-    def _abandon_handover(self, snapshot):
-        state = snapshot.state
-        try:
-            self.zk.set(self.view.path,
-                        ClusterState(state.primary, state.epoch).to_bytes(),
-                        version=snapshot.state_version)
-        except BadVersionError:
-            pass                   # the switchover moved on meanwhile
-        self.view.refresh()
-
-    def _elect(self, snapshot):
-        base = self.storage.base
-        info = self.registration.info
-        self.registration.publish(info.with_(extra=dict(
-            info.extra, last_tid=base.lastTransaction().hex())))
-        time.sleep(ELECTION_SETTLE)       # let the others publish theirs
-        fresh = self.view.refresh()
-        if fresh.state_version != snapshot.state_version:
-            return                        # someone else acted
-        candidates = []
-        for server in fresh.servers:
-            tid = server.extra.get("last_tid")
-            if server.role == SECONDARY and tid:
-                candidates.append((server.name, bytes.fromhex(tid)))
-        if not ha.elect(candidates, self.name):
-            logger.info("%s is not the most up-to-date secondary; another "
-                        "one takes over", self.name)
+    def _take_over(self, snapshot):
+        fresh, action, sentence = self._decide_fresh()
+        if action is not ha.Action.TAKE_OVER:
+            self._wake.set()
             return
-        state = ClusterState(self.name, fresh.state.epoch + 1)
+        state = fresh.state.next_primary(self.name)
         try:
             self.zk.set(self.view.path, state.to_bytes(),
                         version=fresh.state_version)
         except BadVersionError:
-            logger.info("another server changed the cluster state first")
+            logger.info("the cluster state changed before %s could take "
+                        "over; deciding again", self.name)
+            self._wake.set()
             return
-        logger.warning("automatic failover: %s made itself primary in epoch "
-                       "%d (primary %s was gone)", self.name, state.epoch,
-                       snapshot.state.primary)
+        logger.warning("%s is primary in epoch %d (was %s in epoch %d)",
+                       self.name, state.epoch, fresh.state.primary,
+                       fresh.state.epoch)
         self.view.refresh()
         self._wake.set()
 
+    def _abandon_intent(self, snapshot):
+        fresh = self.view.refresh()
+        if fresh.state.primary != self.name or fresh.state.intent is None:
+            return
+        try:
+            self.zk.set(self.view.path,
+                        fresh.state.with_(intent=None).to_bytes(),
+                        version=fresh.state_version)
+        except BadVersionError:
+            pass                   # the switchover moved on meanwhile
+        self.view.refresh()
+        self._wake.set()
+
+
+ACTIONS = {
+    ha.Action.PROMOTE: Controller._promote,
+    ha.Action.DEMOTE: Controller._demote,
+    ha.Action.FENCE: Controller._fence,
+    ha.Action.UNFENCE: Controller._unfence,
+    ha.Action.FOLLOW: Controller._follow,
+    ha.Action.STAND: Controller._stand,
+    ha.Action.TAKE_OVER: Controller._take_over,
+    ha.Action.ABANDON_INTENT: Controller._abandon_intent,
+}

@@ -4,8 +4,11 @@
 
     /databases/main              persistent; data: the cluster state
                                    {"primary": "<server name>", "epoch": 7}
-                                 (plus "handover": "<name>" during a
-                                  switchover)
+                                 (plus "intent": {"action": "promote" |
+                                  "switchover", "to": <name>|null} while an
+                                  operator's request is carried out, and
+                                  "paused": true while automatic failover
+                                  is paused)
     /databases/main/HOST:PORT    ephemeral, one per running ZEO server; data:
                                    {"name": ..., "role": "primary"|"secondary",
                                     "epoch": ..., "pid": ...,
@@ -18,7 +21,7 @@ here does I/O.
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 DEFAULT_ENSEMBLE = "127.0.0.1:2181"
 PRIMARY = "primary"
@@ -102,13 +105,56 @@ def format_address(address):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+PROMOTE = "promote"
+SWITCHOVER = "switchover"
+INTENTS = (PROMOTE, SWITCHOVER)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An operator's request that the servers carry out: ``promote`` (a
+    secondary takes over; ``force`` even though the primary is still
+    registered) or ``switchover`` (planned: the primary stops accepting
+    commits, a secondary catches up with it, then takes over).  ``to`` names
+    the server, or is None for "the most up-to-date candidate"."""
+    action: str
+    to: str = None
+    force: bool = False
+
+    def to_json(self):
+        value = {"action": self.action, "to": self.to}
+        if self.force:
+            value["force"] = True
+        return value
+
+    @classmethod
+    def from_json(cls, value, path=""):
+        if not isinstance(value, dict) or value.get("action") not in INTENTS:
+            raise LayoutError(f"cluster state of {path}: bad intent "
+                              f"{value!r}")
+        to = value.get("to")
+        if to is not None and not isinstance(to, str):
+            raise LayoutError(f"cluster state of {path}: intent target must "
+                              f"be a server name, not {to!r}")
+        return cls(value["action"], to, value.get("force") is True)
+
+
 @dataclass(frozen=True)
 class ClusterState:
-    """The data of the database's node: who is primary, in which epoch,
-    and, during a switchover, to whom the primary is handing over."""
+    """The data of the database's node: who is primary, in which epoch, an
+    operator's pending intent (promote, switchover), and whether automatic
+    failover is paused."""
     primary: str = None
     epoch: int = 0
-    handover: str = None
+    intent: Intent = None
+    paused: bool = False
+
+    @property
+    def handover(self):
+        """The switchover's target name ("" for any candidate), or None."""
+        if self.intent is not None and self.intent.action == SWITCHOVER:
+            return self.intent.to or ""
+        return None
 
     @classmethod
     def from_bytes(cls, data, path=""):
@@ -117,7 +163,8 @@ class ClusterState:
         try:
             value = json.loads(data.decode("utf-8"))
             primary, epoch = value.get("primary"), int(value.get("epoch", 0))
-            handover = value.get("handover")
+            intent = value.get("intent")
+            paused = value.get("paused") is True
         except (ValueError, AttributeError, TypeError):
             raise LayoutError(
                 f"the data of {path or 'the cluster node'} is not zkzeo's "
@@ -126,13 +173,28 @@ class ClusterState:
         if primary is not None and not isinstance(primary, str):
             raise LayoutError(f"cluster state of {path}: primary must be a "
                               f"server name, not {primary!r}")
-        return cls(primary, epoch, handover)
+        if epoch < 0:
+            raise LayoutError(f"cluster state of {path}: negative epoch "
+                              f"{epoch}")
+        if intent is not None:
+            intent = Intent.from_json(intent, path)
+        return cls(primary, epoch, intent, paused)
 
     def to_bytes(self):
         value = {"primary": self.primary, "epoch": self.epoch}
-        if self.handover:
-            value["handover"] = self.handover
+        if self.intent is not None:
+            value["intent"] = self.intent.to_json()
+        if self.paused:
+            value["paused"] = True
         return json.dumps(value, sort_keys=True).encode()
+
+    def with_(self, **changes):
+        return replace(self, **changes)
+
+    def next_primary(self, name):
+        """The state naming ``name`` primary in the next epoch (intent
+        done, pause kept)."""
+        return ClusterState(name, self.epoch + 1, None, self.paused)
 
 
 @dataclass(frozen=True)

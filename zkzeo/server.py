@@ -26,6 +26,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError
 
 import replication.runzeo
 import ZEO.runzeo
+from replication.address import parse_address
 from replication.config import ReplicationConfig
 
 from replication.storage import ReplicatedStorage
@@ -58,6 +59,9 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
     def open_storages(self):
         config = self.options.zookeeper
         self.server_name = config.server_name(self.options.configfile)
+        # Before anything is claimed or registered: a server that would
+        # refuse its configuration later must not be named primary first.
+        check_configuration(self.options)
         self.zk = zk.start_patiently(zk.make_client(
             config.connection, session_timeout=config.session_timeout,
             auth=config.auth, acl=config.acl))
@@ -74,7 +78,7 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
             snapshot = self.view.refresh()
             action, sentence = ha.decide_start(snapshot, self.server_name,
                                                config.bootstrap)
-            if action == ha.BOOTSTRAP:
+            if action is ha.Start.BOOTSTRAP:
                 state = ha.bootstrap_state(self.server_name)
                 try:
                     self.zk.set(config.path, state.to_bytes(),
@@ -87,7 +91,7 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
                 logger.info("%s", sentence)
                 return PRIMARY, state.epoch
             logger.info("%s", sentence)
-            role = PRIMARY if action == ha.RUN_PRIMARY else SECONDARY
+            role = PRIMARY if action is ha.Start.PRIMARY else SECONDARY
             return role, snapshot.state.epoch
 
     def _open(self, opener):
@@ -98,6 +102,9 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
                 storage = opener.open_secondary(
                     self.primary_replication_address)
             storage.epoch = self.epoch
+            # Commits need the write lease (lease.py) from the moment the
+            # ZEO server listens, before the controller runs.
+            storage.lease_until = 0.0
             return storage
         if self.role == SECONDARY:
             raise SystemExit(
@@ -124,15 +131,16 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
             name=self.server_name, role=self.role,
             address=(self._advertised_host(address[0]), address[1]),
             epoch=self.epoch, pid=os.getpid(),
-            replication=self._replication_address())
-        self.registration = Registration(self.zk, config.path, info)
-        self.registration.register()
+            replication=self._replication_address(),
+            # Without replication nothing fences it: a lone primary.
+            writable=self.role == PRIMARY)
         replicated = [s for s in self.storages.values()
                       if isinstance(s, ReplicatedStorage)]
-        if len(replicated) > 1:
-            raise SystemExit("zkrunzeo serves one replicated storage (one "
-                             "database per ZooKeeper path); run one server "
-                             "per database")
+        if replicated:
+            info = info.with_(writable=False, replication_state=(
+                None if self.role == PRIMARY else "connecting"))
+        self.registration = Registration(self.zk, config.path, info)
+        self.registration.register()
         if replicated:
             self.controller = Controller(
                 self.zk, self.view, self.registration, replicated[0], config,
@@ -164,6 +172,40 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
         finally:
             if self.zk is not None:
                 zk.stop(self.zk)
+
+
+def check_configuration(options):
+    """SystemExit naming what is wrong with a zkrunzeo configuration."""
+    replicated = [o for o in options.storages
+                  if isinstance(o, ReplicationConfig)]
+    if len(replicated) > 1:
+        raise SystemExit("zkrunzeo serves one replicated storage (one "
+                         "database per ZooKeeper path); run one server per "
+                         "database")
+    for opener in replicated:
+        c = opener.config
+        if not opener.follows_cluster:
+            raise SystemExit(
+                f"storage {opener.name!r}: with a <zookeeper> section, "
+                "ZooKeeper decides which server is primary, so the "
+                "<replication> section must say 'replicate-from zk:' (and "
+                "'replicate-to' for the address it serves replication on); "
+                f"fixed roles ({'replicate-from ' + c.replicate_from if c.replicate_from else 'replicate-to only'}) "
+                "are for zkzeo-runzeo without ZooKeeper")
+        if not c.replicate_to:
+            raise SystemExit(
+                f"storage {opener.name!r}: replicate-from zk: needs "
+                "replicate-to too (a TCP address such as :0): every server "
+                "of a cluster may become primary and serve replication")
+        if isinstance(parse_address(c.replicate_to), str):
+            raise SystemExit(
+                f"storage {opener.name!r}: replicate-to {c.replicate_to} is "
+                "a unix socket, which other servers cannot reach; give a "
+                "TCP address (HOST:PORT or :0)")
+    if isinstance(options.address, str):
+        raise SystemExit("zkrunzeo needs a TCP address for the ZEO server "
+                         "(clients find it in ZooKeeper), not the unix "
+                         f"socket {options.address}")
 
 
 def main(args=None):

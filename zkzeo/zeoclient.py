@@ -139,7 +139,8 @@ class ZooKeeperClientStorage(ClientStorage):
     def _servers_changed(self, snapshot):
         addresses = self._wanted(snapshot)
         primary = snapshot.primary
-        leader = (primary.address, snapshot.state.epoch) if primary else None
+        leader = ((primary.address, snapshot.state.epoch, primary.role,
+                   primary.writable) if primary else None)
         # A new primary can leave the list as it was (it was a secondary in
         # it already); a fallback client connected read-only must still be
         # told, or ZEO never tries for a writable connection again.
