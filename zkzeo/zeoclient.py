@@ -101,7 +101,8 @@ class ZooKeeperClientStorage(ClientStorage):
         self._mode = READ if read_only else FALLBACK if fallback else WRITE
         self._failing_over = False
         self._zk = zk.start(
-            zk.make_client(hosts, session_timeout=zookeeper_session_timeout),
+            zk.make_client(hosts, session_timeout=zookeeper_session_timeout,
+                           settings=zk.settings_from_kwargs(kw)),
             zookeeper_timeout)
         try:
             self._view = ClusterView(self._zk, self.zookeeper_path)
