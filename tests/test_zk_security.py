@@ -30,14 +30,11 @@ def auth_file(tmp_path):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def anonymous(zookeeper):
-    """A kazoo client without credentials.  It makes sure /tests exists,
-    open: a protected server creates the missing parents of its path with
-    its ACL, which would lock the other tests out of /tests."""
+    """A kazoo client without credentials."""
     client = KazooClient(hosts=zookeeper.address, timeout=5)
     client.start(timeout=30)
-    client.ensure_path("/tests")
     yield client
     client.stop()
     client.close()
