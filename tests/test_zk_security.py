@@ -16,8 +16,6 @@ from kazoo.security import ACL, Id, Permissions
 
 import zkzeo
 from tests.support import wait_for
-from zkzeo import cli
-from zkzeo import zk as zkutil
 
 CREDENTIAL = "zkzeo:s3cret-pass"
 

@@ -1,0 +1,261 @@
+"""TLS to ZooKeeper, end to end: a real ZooKeeper that listens only with
+TLS and requires client certificates (ssl.clientAuth=need), a zkrunzeo
+server, a client, a <zkzeoclient> and the zkzeo command configured the
+documented way; and what kazoo is given for each setting."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import ZODB.config
+
+import zkzeo
+from tests.zk_servers import ZKServer
+from zkzeo import zk as zkutil
+from zkzeo.zkserver import TLS, ZooKeeperServer
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
+                                reason="needs the openssl command")
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True,
+                   capture_output=True, timeout=60)
+
+
+def make_certificates(directory):
+    """A CA, a server certificate for 127.0.0.1 and a client
+    certificate, all signed by the CA; {name: path}."""
+    os.makedirs(directory, exist_ok=True)
+    d = str(directory)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA",
+            cwd=d)
+    with open(os.path.join(d, "san.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, extra in (("server", ["-extfile", "san.cnf"]),
+                        ("client", [])):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                f"{name}.key", "-out", f"{name}.csr", "-subj",
+                f"/CN={name}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem",
+                "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+                "-out", f"{name}.pem", *extra, cwd=d)
+    paths = {name: os.path.join(d, name) for name in (
+        "ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    keystore = os.path.join(d, "server-keystore.pem")
+    with open(keystore, "w") as out:
+        for name in ("server.key", "server.pem"):
+            with open(paths[name]) as f:
+                out.write(f.read())
+    paths["keystore"] = keystore
+    for name in ("ca.key", "server.key", "client.key"):
+        os.chmod(os.path.join(d, name), 0o600)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+@pytest.fixture(scope="module")
+def tls_zookeeper(tmp_path_factory, certificates):
+    server = ZooKeeperServer(
+        str(tmp_path_factory.mktemp("tls-zookeeper")),
+        tls=TLS(certificates["keystore"], certificates["ca.pem"], "need"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def client_tls(certificates):
+    return {"use_ssl": True, "ca": certificates["ca.pem"],
+            "certfile": certificates["client.pem"],
+            "keyfile": certificates["client.key"]}
+
+
+def test_settings_become_kazoo_arguments(tmp_path):
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("u:p\n")
+    auth_file.chmod(0o600)
+    table = [
+        (zkutil.Settings(), {}),
+        (zkutil.settings(auth_file=str(auth_file)),
+         {"auth_data": [("digest", "u:p")]}),
+        (zkutil.Settings(use_ssl=True, ca="ca.pem"),
+         {"use_ssl": True, "ca": "ca.pem", "verify_certs": True,
+          "check_hostname": True}),
+        (zkutil.Settings(use_ssl=True, certfile="c.pem", keyfile="c.key",
+                         verify_certs=False),
+         {"use_ssl": True, "certfile": "c.pem", "keyfile": "c.key",
+          "verify_certs": False, "check_hostname": False}),
+        (zkutil.Settings(use_ssl=True, check_hostname=False),
+         {"use_ssl": True, "verify_certs": True, "check_hostname": False}),
+    ]
+    for settings, expected in table:
+        assert settings.kazoo_arguments() == expected, settings
+    acl = zkutil.Settings(auth="u:p", acl="world-read").kazoo_arguments()
+    assert [(a.id.scheme, a.perms) for a in acl["default_acl"]] == [
+        ("digest", 31), ("world", 1)]
+    acl = zkutil.Settings(auth="u:p", acl="private").kazoo_arguments()
+    assert [a.id.scheme for a in acl["default_acl"]] == ["digest"]
+    # The password stays out of reprs (and so out of logs).
+    assert "p'" not in repr(zkutil.Settings(auth="u:p", acl="true"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"acl": "private"}, "acl private needs a credential"),
+    ({"acl": "bogus", "auth": "u:p"}, "expected one of off, world-read"),
+    ({"auth": "nopassword"}, "USER:PASSWORD"),
+    ({"auth": "u:p", "auth_file": "/x"}, "not both"),
+    ({"auth_file": "/no/such/file"}, "cannot read the ZooKeeper "
+                                      "credentials file /no/such/file"),
+    ({"ca": "ca.pem"}, "TLS is off"),
+    ({"use_ssl": True, "keyfile": "k"}, "without its certificate"),
+])
+def test_bad_settings_say_what_is_wrong(kw, message):
+    with pytest.raises(ValueError, match=message):
+        zkutil.settings(**kw)
+
+
+def test_credentials_from_the_environment_and_keywords(tmp_path,
+                                                       monkeypatch):
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("env:file\n")
+    auth_file.chmod(0o600)
+    monkeypatch.setenv("ZKZEO_AUTH_FILE", str(auth_file))
+    monkeypatch.setenv("ZKZEO_AUTH", "env:direct")
+    kw = {"zookeeper_use_ssl": True, "read_only": True}
+    assert zkutil.settings_from_kwargs(kw).auth == "env:file"
+    assert kw == {"read_only": True}
+    kw = {"zookeeper_auth": "kw:given"}
+    assert zkutil.settings_from_kwargs(kw).auth == "kw:given"
+    monkeypatch.delenv("ZKZEO_AUTH_FILE")
+    assert zkutil.settings_from_kwargs({}).auth == "env:direct"
+    assert zkutil.settings_from_kwargs(
+        {"zookeeper_settings": zkutil.Settings(use_ssl=True)}).auth == \
+        "env:direct"
+    from zkzeo import cli
+    args = cli.parser().parse_args(["status", "zk:/x", "--use-ssl",
+                                    "--ca", "ca.pem"])
+    settings = cli.connection_settings(args, environ={})
+    assert settings.auth is None and settings.use_ssl
+    assert settings.ca == "ca.pem" and settings.check_hostname
+    args = cli.parser().parse_args(["--auth-file", str(auth_file),
+                                    "--no-check-hostname", "--use-ssl",
+                                    "status", "zk:/x"])
+    settings = cli.connection_settings(args, environ={"ZKZEO_AUTH": "a:b"})
+    assert settings.auth == "env:file" and not settings.check_hostname
+
+
+def test_zookeeper_section_keys(tmp_path):
+    import ZConfig
+    from zkzeo.server import ZKZEOOptions
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("u:p\n")
+    auth_file.chmod(0o600)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    schema = ZConfig.loadSchema(os.path.join(
+        ZKZEOOptions.schemadir, "schema.xml"))
+    conf = f"""
+<zeo>
+  address 127.0.0.1:0
+</zeo>
+<zookeeper>
+  connection 127.0.0.1:2281
+  path /db
+  auth-file {auth_file}
+  acl private
+  use-ssl true
+  ca {ca}
+  check-hostname false
+</zookeeper>
+<filestorage>
+  path {tmp_path}/Data.fs
+</filestorage>
+"""
+    config, _ = ZConfig.loadConfigFile(schema, __import__("io").StringIO(
+        conf))
+    settings = config.zookeeper.settings
+    assert settings.auth == "u:p" and settings.acl == "private"
+    assert settings.kazoo_arguments()["ca"] == str(ca)
+    assert settings.kazoo_arguments()["check_hostname"] is False
+    bad = conf.replace("  auth-file", "  # auth-file")
+    with pytest.raises(ZConfig.ConfigurationError,
+                       match="acl private needs a credential"):
+        ZConfig.loadConfigFile(schema, __import__("io").StringIO(bad))
+
+
+def test_tls_zookeeper_end_to_end(tls_zookeeper, certificates, tmp_path):
+    path = "/tls/databases/main"
+    address = tls_zookeeper.secure_address
+    url = f"zk://{address}{path}"
+    auth_file = tmp_path / "zookeeper.auth"
+    auth_file.write_text("zkzeo:tls-secret\n")
+    auth_file.chmod(0o600)
+    server = ZKServer(tmp_path, "s1", address, path, zookeeper_options={
+        "use-ssl": "true", "ca": certificates["ca.pem"],
+        "certfile": certificates["client.pem"],
+        "keyfile": certificates["client.key"],
+        "auth-file": str(auth_file), "acl": "private"})
+    try:
+        server.start()
+        tls = {f"zookeeper_{k}": v for k, v in
+               client_tls(certificates).items()}
+        db = zkzeo.DB(url, zookeeper_auth_file=str(auth_file),
+                      wait_timeout=60, **tls)
+        try:
+            with db.transaction() as conn:
+                conn.root.x = 1
+        finally:
+            db.close()
+        config_db = ZODB.config.databaseFromString(f"""
+%import zkzeo
+<zodb>
+  <zkzeoclient>
+    zookeeper {address}
+    server {path}
+    zookeeper-auth-file {auth_file}
+    zookeeper-use-ssl true
+    zookeeper-ca {certificates["ca.pem"]}
+    zookeeper-certfile {certificates["client.pem"]}
+    zookeeper-keyfile {certificates["client.key"]}
+    read-only true
+    wait-timeout 60
+  </zkzeoclient>
+</zodb>
+""")
+        try:
+            with config_db.transaction() as conn:
+                assert conn.root.x == 1
+        finally:
+            config_db.close()
+        result = subprocess.run(
+            [sys.executable, "-m", "zkzeo.cli", "--use-ssl", "--ca",
+             certificates["ca.pem"], "--certfile", certificates["client.pem"],
+             "--keyfile", certificates["client.key"], "status", url],
+            capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, ZKZEO_AUTH_FILE=str(auth_file),
+                     PYTHONPATH=os.pathsep.join(sys.path)))
+        assert result.returncode == 0, result.stderr
+        assert "primary s1, epoch 1" in result.stdout
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("kw", [
+    {},                                               # no TLS at all
+    {"use_ssl": True, "ca": "CA"},                    # no client cert
+    {"use_ssl": True, "certfile": "CERT", "keyfile": "KEY"},  # CA unknown
+])
+def test_tls_zookeeper_refuses_the_others(tls_zookeeper, certificates, kw):
+    files = {"CA": certificates["ca.pem"], "CERT": certificates["client.pem"],
+             "KEY": certificates["client.key"]}
+    kw = {k: files.get(v, v) for k, v in kw.items()}
+    client = zkutil.make_client(tls_zookeeper.secure_address,
+                                settings=zkutil.Settings(**kw))
+    with pytest.raises(zkutil.ZooKeeperUnreachable):
+        zkutil.start(client, 3)
