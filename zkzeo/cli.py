@@ -7,6 +7,8 @@
     zkzeo check URL [--lag-warning S] [--lag-critical S] ...   (Nagios)
     zkzeo metrics URL [--port PORT | --once]                  (Prometheus)
 
+Every command takes ZooKeeper's credential (--auth-file FILE, else
+$ZKZEO_AUTH_FILE, else $ZKZEO_AUTH) and TLS options (--use-ssl, --ca, ...).
 It reads the cluster straight from ZooKeeper and asks the servers for their
 positions (ZEO's server_status).  Transitions are written to ZooKeeper as
 an *intent* in the cluster state (a compare-and-set); the servers carry it
