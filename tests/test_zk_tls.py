@@ -1,7 +1,7 @@
-"""TLS to ZooKeeper, end to end: a real ZooKeeper that listens only with
+"""TLS to ZooKeeper, end to end: a real ZooKeeper that listens with
 TLS and requires client certificates (ssl.clientAuth=need), a zkrunzeo
 server, a client, a <zkzeoclient> and the zkzeo command configured the
-documented way; and what kazoo is given for each setting."""
+documented way; and who it refuses."""
 import os
 import shutil
 import subprocess
@@ -74,119 +74,6 @@ def client_tls(certificates):
     return {"use_ssl": True, "ca": certificates["ca.pem"],
             "certfile": certificates["client.pem"],
             "keyfile": certificates["client.key"]}
-
-
-def test_settings_become_kazoo_arguments(tmp_path):
-    auth_file = tmp_path / "auth"
-    auth_file.write_text("u:p\n")
-    auth_file.chmod(0o600)
-    table = [
-        (zkutil.Settings(), {}),
-        (zkutil.settings(auth_file=str(auth_file)),
-         {"auth_data": [("digest", "u:p")]}),
-        (zkutil.Settings(use_ssl=True, ca="ca.pem"),
-         {"use_ssl": True, "ca": "ca.pem", "verify_certs": True,
-          "check_hostname": True}),
-        (zkutil.Settings(use_ssl=True, certfile="c.pem", keyfile="c.key",
-                         verify_certs=False),
-         {"use_ssl": True, "certfile": "c.pem", "keyfile": "c.key",
-          "verify_certs": False, "check_hostname": False}),
-        (zkutil.Settings(use_ssl=True, check_hostname=False),
-         {"use_ssl": True, "verify_certs": True, "check_hostname": False}),
-    ]
-    for settings, expected in table:
-        assert settings.kazoo_arguments() == expected, settings
-    acl = zkutil.Settings(auth="u:p", acl="world-read").kazoo_arguments()
-    assert [(a.id.scheme, a.perms) for a in acl["default_acl"]] == [
-        ("digest", 31), ("world", 1)]
-    acl = zkutil.Settings(auth="u:p", acl="private").kazoo_arguments()
-    assert [a.id.scheme for a in acl["default_acl"]] == ["digest"]
-    # The password stays out of reprs (and so out of logs).
-    assert "p'" not in repr(zkutil.Settings(auth="u:p", acl="true"))
-
-
-@pytest.mark.parametrize("kw, message", [
-    ({"acl": "private"}, "acl private needs a credential"),
-    ({"acl": "bogus", "auth": "u:p"}, "expected one of off, world-read"),
-    ({"auth": "nopassword"}, "USER:PASSWORD"),
-    ({"auth": "u:p", "auth_file": "/x"}, "not both"),
-    ({"auth_file": "/no/such/file"}, "cannot read the ZooKeeper "
-                                      "credentials file /no/such/file"),
-    ({"ca": "ca.pem"}, "TLS is off"),
-    ({"use_ssl": True, "keyfile": "k"}, "without its certificate"),
-])
-def test_bad_settings_say_what_is_wrong(kw, message):
-    with pytest.raises(ValueError, match=message):
-        zkutil.settings(**kw)
-
-
-def test_credentials_from_the_environment_and_keywords(tmp_path,
-                                                       monkeypatch):
-    auth_file = tmp_path / "auth"
-    auth_file.write_text("env:file\n")
-    auth_file.chmod(0o600)
-    monkeypatch.setenv("ZKZEO_AUTH_FILE", str(auth_file))
-    monkeypatch.setenv("ZKZEO_AUTH", "env:direct")
-    kw = {"zookeeper_use_ssl": True, "read_only": True}
-    assert zkutil.settings_from_kwargs(kw).auth == "env:file"
-    assert kw == {"read_only": True}
-    kw = {"zookeeper_auth": "kw:given"}
-    assert zkutil.settings_from_kwargs(kw).auth == "kw:given"
-    monkeypatch.delenv("ZKZEO_AUTH_FILE")
-    assert zkutil.settings_from_kwargs({}).auth == "env:direct"
-    assert zkutil.settings_from_kwargs(
-        {"zookeeper_settings": zkutil.Settings(use_ssl=True)}).auth == \
-        "env:direct"
-    from zkzeo import cli
-    args = cli.parser().parse_args(["status", "zk:/x", "--use-ssl",
-                                    "--ca", "ca.pem"])
-    settings = cli.connection_settings(args, environ={})
-    assert settings.auth is None and settings.use_ssl
-    assert settings.ca == "ca.pem" and settings.check_hostname
-    args = cli.parser().parse_args(["--auth-file", str(auth_file),
-                                    "--no-check-hostname", "--use-ssl",
-                                    "status", "zk:/x"])
-    settings = cli.connection_settings(args, environ={"ZKZEO_AUTH": "a:b"})
-    assert settings.auth == "env:file" and not settings.check_hostname
-
-
-def test_zookeeper_section_keys(tmp_path):
-    import ZConfig
-    from zkzeo.server import ZKZEOOptions
-    auth_file = tmp_path / "auth"
-    auth_file.write_text("u:p\n")
-    auth_file.chmod(0o600)
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
-    schema = ZConfig.loadSchema(os.path.join(
-        ZKZEOOptions.schemadir, "schema.xml"))
-    conf = f"""
-<zeo>
-  address 127.0.0.1:0
-</zeo>
-<zookeeper>
-  connection 127.0.0.1:2281
-  path /db
-  auth-file {auth_file}
-  acl private
-  use-ssl true
-  ca {ca}
-  check-hostname false
-</zookeeper>
-<filestorage>
-  path {tmp_path}/Data.fs
-</filestorage>
-"""
-    config, _ = ZConfig.loadConfigFile(schema, __import__("io").StringIO(
-        conf))
-    settings = config.zookeeper.settings
-    assert settings.auth == "u:p" and settings.acl == "private"
-    assert settings.kazoo_arguments()["ca"] == str(ca)
-    assert settings.kazoo_arguments()["check_hostname"] is False
-    bad = conf.replace("  auth-file", "  # auth-file")
-    with pytest.raises(ZConfig.ConfigurationError,
-                       match="acl private needs a credential"):
-        ZConfig.loadConfigFile(schema, __import__("io").StringIO(bad))
 
 
 def test_tls_zookeeper_end_to_end(tls_zookeeper, certificates, tmp_path):

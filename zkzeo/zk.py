@@ -284,16 +284,18 @@ def _world_permissions(acls):
 def _may_change(acls, settings):
     """True, False, or None when other schemes (ip, x509, sasl) decide."""
     needed = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE
-    mine = 0
+    mine, others = 0, False
     for a in acls:
         if a.id.scheme == "world" and a.id.id == "anyone":
             mine |= a.perms
-        elif a.id.scheme == "digest" and settings.auth and \
-                a.id.id == _digest_id(settings.auth):
-            mine |= a.perms
-        elif a.id.scheme != "digest":
-            return None if mine & needed != needed else True
-    return mine & needed == needed
+        elif a.id.scheme == "digest":
+            if settings.auth and a.id.id == _digest_id(settings.auth):
+                mine |= a.perms
+        else:
+            others = True
+    if mine & needed == needed:
+        return True
+    return None if others else False
 
 
 def _digest_id(credential):
