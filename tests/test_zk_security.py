@@ -270,6 +270,14 @@ def test_private_acl_clients_need_the_credential(cluster, zookeeper,
 
 # --- the settings, as tables ---------------------------------------------
 
+def _has_puresasl():
+    try:
+        import puresasl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def test_settings_become_kazoo_arguments(tmp_path):
     auth_file = tmp_path / "auth"
     auth_file.write_text("u:p\n")
@@ -295,6 +303,15 @@ def test_settings_become_kazoo_arguments(tmp_path):
         ("digest", 31), ("world", 1)]
     acl = zkutil.Settings(auth="u:p", acl="private").kazoo_arguments()
     assert [a.id.scheme for a in acl["default_acl"]] == ["digest"]
+    if _has_puresasl():
+        sasl = zkutil.Settings(auth="u:p", acl="world-read",
+                               sasl_mechanism="digest-md5")
+        args = sasl.kazoo_arguments()
+        assert args["sasl_options"] == {"mechanism": "DIGEST-MD5",
+                                        "username": "u", "password": "p"}
+        assert "auth_data" not in args
+        assert [(a.id.scheme, a.id.id) for a in args["default_acl"]] == [
+            ("sasl", "u"), ("world", "anyone")]
     # The password stays out of reprs (and so out of logs).
     assert "p'" not in repr(zkutil.Settings(auth="u:p", acl="true"))
 
@@ -308,6 +325,8 @@ def test_settings_become_kazoo_arguments(tmp_path):
                                       "credentials file /no/such/file"),
     ({"ca": "ca.pem"}, "TLS is off"),
     ({"use_ssl": True, "keyfile": "k"}, "without its certificate"),
+    ({"sasl_mechanism": "GSSAPI", "auth": "u:p"}, "only DIGEST-MD5"),
+    ({"sasl_mechanism": "DIGEST-MD5"}, "needs a credential"),
 ])
 def test_bad_settings_say_what_is_wrong(kw, message):
     with pytest.raises(ValueError, match=message):

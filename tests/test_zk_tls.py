@@ -1,7 +1,8 @@
-"""TLS to ZooKeeper, end to end: a real ZooKeeper that listens with
-TLS and requires client certificates (ssl.clientAuth=need), a zkrunzeo
+"""TLS and SASL to ZooKeeper, end to end: a real ZooKeeper that listens
+with TLS and requires client certificates (ssl.clientAuth=need), a zkrunzeo
 server, a client, a <zkzeoclient> and the zkzeo command configured the
-documented way; and who it refuses."""
+documented way, and who it refuses; then a ZooKeeper that takes SASL
+DIGEST-MD5 logins."""
 import os
 import shutil
 import subprocess
@@ -146,3 +147,55 @@ def test_tls_zookeeper_refuses_the_others(tls_zookeeper, certificates, kw):
                                 settings=zkutil.Settings(**kw))
     with pytest.raises(zkutil.ZooKeeperUnreachable):
         zkutil.start(client, 3)
+
+
+@pytest.fixture(scope="module")
+def sasl_zookeeper(tmp_path_factory):
+    pytest.importorskip("puresasl")
+    server = ZooKeeperServer(str(tmp_path_factory.mktemp("sasl-zookeeper")),
+                             sasl_users={"zkzeo": "sasl-secret"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_sasl_digest_md5_end_to_end(sasl_zookeeper, tmp_path):
+    """SASL DIGEST-MD5 (ZooKeeper's JAAS login module) instead of the
+    digest scheme: the ACL names the SASL user, and only it gets in."""
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoAuthError
+    path = "/sasl/databases/main"
+    address = sasl_zookeeper.address
+    url = f"zk://{address}{path}"
+    auth_file = tmp_path / "zookeeper.auth"
+    auth_file.write_text("zkzeo:sasl-secret\n")
+    auth_file.chmod(0o600)
+    server = ZKServer(tmp_path, "s1", address, path, zookeeper_options={
+        "auth-file": str(auth_file), "sasl-mechanism": "DIGEST-MD5",
+        "acl": "private"})
+    anonymous = KazooClient(hosts=address)
+    anonymous.start(timeout=30)
+    try:
+        server.start()
+        with pytest.raises(NoAuthError):
+            anonymous.get_children(path)
+        with pytest.raises(NoAuthError):
+            anonymous.set(path, b"{}")
+        db = zkzeo.DB(url, zookeeper_auth_file=str(auth_file),
+                      zookeeper_sasl_mechanism="DIGEST-MD5", wait_timeout=60)
+        try:
+            with db.transaction() as conn:
+                conn.root.x = 1
+        finally:
+            db.close()
+        result = subprocess.run(
+            [sys.executable, "-m", "zkzeo.cli", "--sasl-mechanism",
+             "DIGEST-MD5", "pause", url],
+            capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, ZKZEO_AUTH_FILE=str(auth_file),
+                     PYTHONPATH=os.pathsep.join(sys.path)))
+        assert result.returncode == 0, result.stderr
+    finally:
+        anonymous.stop()
+        anonymous.close()
+        server.stop()

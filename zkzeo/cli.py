@@ -380,6 +380,8 @@ def add_connection_options(p, default):
     option("--keyfile", metavar="PEM", help="its private key")
     option("--no-verify-certs", dest="verify_certs", action="store_false",
            help="do not check the ZooKeeper servers' certificates")
+    option("--sasl-mechanism", metavar="DIGEST-MD5", help="authenticate "
+           "with SASL (the credential's USER:PASSWORD) instead of digest")
     option("--no-check-hostname", dest="check_hostname",
            action="store_false", help="do not check that a certificate "
            "names its server's host")
@@ -399,7 +401,8 @@ def connection_settings(args, environ=None):
         verify_certs=True if args.verify_certs is None
         else args.verify_certs,
         check_hostname=True if args.check_hostname is None
-        else args.check_hostname, **credential)
+        else args.check_hostname, sasl_mechanism=args.sasl_mechanism,
+        **credential)
 
 
 def main(argv=None):

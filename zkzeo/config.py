@@ -39,7 +39,8 @@ def zookeeper_settings(section, prefix=""):
             acl=getattr(section, "acl", zk.ACL_OFF),
             use_ssl=key("use_ssl"), ca=key("ca"), certfile=key("certfile"),
             keyfile=key("keyfile"), verify_certs=key("verify_certs"),
-            check_hostname=key("check_hostname"))
+            check_hostname=key("check_hostname"),
+            sasl_mechanism=key("sasl_mechanism"))
     except ValueError as e:
         raise ValueError(f"{'zkzeoclient' if prefix else 'zookeeper'}: "
                          f"{e}") from None

@@ -50,6 +50,7 @@ ZOOKEEPER_OPTIONS = {
     "zookeeper-keyfile": "keyfile",
     "zookeeper-verify-certs": "verify-certs",
     "zookeeper-check-hostname": "check-hostname",
+    "zookeeper-sasl-mechanism": "sasl-mechanism",
 }
 
 class Server:

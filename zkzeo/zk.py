@@ -31,6 +31,9 @@ ACL_OFF = "off"                 # ZooKeeper's default: anyone may do anything
 ACL_WORLD_READ = "world-read"   # anyone may read (find the servers)
 ACL_PRIVATE = "private"         # only the credential may even read
 ACL_MODES = (ACL_OFF, ACL_WORLD_READ, ACL_PRIVATE)
+# SASL through kazoo's sasl_options (the pure-sasl package); DIGEST-MD5
+# carries the same USER:PASSWORD, checked by ZooKeeper's JAAS login module.
+SASL_MECHANISMS = ("DIGEST-MD5",)
 _ACL_ALIASES = {"false": ACL_OFF, "no": ACL_OFF, "off": ACL_OFF,
                 "true": ACL_WORLD_READ, "yes": ACL_WORLD_READ,
                 "on": ACL_WORLD_READ}
@@ -92,7 +95,9 @@ class Settings:
     one of ``ACL_MODES``; the TLS fields are kazoo's (``ca`` a PEM file of
     the CA(s) that signed the ZooKeeper servers' certificates, ``certfile``
     and ``keyfile`` this process's own certificate for servers that
-    require client certificates).
+    require client certificates).  With ``sasl_mechanism`` the credential
+    goes through SASL instead of the digest scheme, and the ACL names the
+    SASL user.
     """
     auth: str = field(default=None, repr=False)
     acl: str = ACL_OFF
@@ -103,6 +108,7 @@ class Settings:
     keyfile_password: str = field(default=None, repr=False)
     verify_certs: bool = True
     check_hostname: bool = True
+    sasl_mechanism: str = None
 
     def __post_init__(self):
         object.__setattr__(self, "acl", acl_mode(self.acl))
@@ -118,6 +124,22 @@ class Settings:
                              "turn it on (use-ssl, zookeeper_use_ssl)")
         if self.keyfile and not self.certfile:
             raise ValueError("a TLS key without its certificate (certfile)")
+        if self.sasl_mechanism is not None:
+            mechanism = self.sasl_mechanism.upper()
+            if mechanism not in SASL_MECHANISMS:
+                raise ValueError(
+                    f"SASL mechanism {self.sasl_mechanism!r}: only "
+                    f"{', '.join(SASL_MECHANISMS)} is supported")
+            if not self.auth:
+                raise CredentialsError(
+                    f"SASL {mechanism} needs a credential (USER:PASSWORD)")
+            object.__setattr__(self, "sasl_mechanism", mechanism)
+            try:
+                import puresasl  # noqa: F401  (kazoo's SASL library)
+            except ImportError:
+                raise ValueError("SASL needs the pure-sasl package (pip "
+                                 "install pure-sasl, or zkzeo[sasl])") \
+                    from None
 
     @property
     def user(self):
@@ -128,7 +150,11 @@ class Settings:
         if self.acl == ACL_OFF:
             return None
         user, _, password = self.auth.partition(":")
-        acl = [make_digest_acl(user, password, all=True)]
+        if self.sasl_mechanism:
+            # ZooKeeper knows a SASL client by its user name.
+            acl = [ACL(Permissions.ALL, Id("sasl", user))]
+        else:
+            acl = [make_digest_acl(user, password, all=True)]
         if self.acl == ACL_WORLD_READ:
             acl.append(ACL(Permissions.READ, Id("world", "anyone")))
         return acl
@@ -136,7 +162,11 @@ class Settings:
     def kazoo_arguments(self):
         """The keyword arguments of ``KazooClient`` for these settings."""
         args = {}
-        if self.auth:
+        if self.sasl_mechanism:
+            user, _, password = self.auth.partition(":")
+            args["sasl_options"] = {"mechanism": self.sasl_mechanism,
+                                    "username": user, "password": password}
+        elif self.auth:
             args["auth_data"] = [("digest", self.auth)]
         if self.acl != ACL_OFF:
             args["default_acl"] = self.acl_list()
@@ -156,7 +186,7 @@ NO_SETTINGS = Settings()
 # zookeeper_NAME keyword arguments of clients -> Settings fields
 CLIENT_KEYWORDS = ("auth", "auth_file", "use_ssl", "ca", "certfile",
                    "keyfile", "keyfile_password", "verify_certs",
-                   "check_hostname")
+                   "check_hostname", "sasl_mechanism")
 
 
 def settings(auth=None, auth_file=None, acl=ACL_OFF, **tls):
@@ -290,6 +320,9 @@ def _may_change(acls, settings):
             mine |= a.perms
         elif a.id.scheme == "digest":
             if settings.auth and a.id.id == _digest_id(settings.auth):
+                mine |= a.perms
+        elif a.id.scheme == "sasl" and settings.sasl_mechanism:
+            if a.id.id == settings.user:
                 mine |= a.perms
         else:
             others = True

@@ -6,7 +6,8 @@ whose manifest carries its class path) or an unpacked Apache release in
 data in a directory of the caller's, and is stopped (and waited for) by
 ``stop()``.
 
-With ``tls`` (a ``TLS``) it also listens with TLS on ``secure_port``
+With ``sasl_users`` ({user: password}) it accepts SASL DIGEST-MD5 logins
+(a JAAS file).  With ``tls`` (a ``TLS``) it also listens with TLS on ``secure_port``
 (Netty connection factory, PEM key and trust stores), as a production
 ensemble would; the plain port stays open on loopback for the four-letter
 word that tells it is up.
@@ -91,12 +92,14 @@ class ZooKeeperServer:
     """A standalone ZooKeeper server process on a free loopback port."""
 
     def __init__(self, data_dir, host="127.0.0.1", port=None,
-                 tick_time=200, tls=None):
+                 tick_time=200, tls=None, sasl_users=None):
         self.data_dir = os.path.abspath(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.tls = tls
         self.secure_port = free_port(host) if tls else None
+        # {user: password} that SASL DIGEST-MD5 accepts (a JAAS file)
+        self.sasl_users = sasl_users
         self.tick_time = tick_time
         self.process = None
         self.log_path = os.path.join(self.data_dir, "zookeeper.log")
@@ -123,6 +126,9 @@ class ZooKeeperServer:
                 "maxSessionTimeout=60000\n"
                 "admin.enableServer=false\n"
                 "4lw.commands.whitelist=srvr,ruok,stat,cons\n")
+            if self.sasl_users:
+                f.write("authProvider.1=org.apache.zookeeper.server.auth."
+                        "SASLAuthenticationProvider\n")
             if self.tls:
                 f.write(f"secureClientPortAddress={self.host}\n"
                         f"secureClientPort={self.secure_port}\n"
@@ -139,9 +145,22 @@ class ZooKeeperServer:
         return [java, "-Xmx256m", "-XX:+UseSerialGC",
                 "-XX:TieredStopAtLevel=1",
                 "-Dzookeeper.log.dir=" + self.data_dir,
+                *self.jaas_options(),
                 "-cp", find_classpath(),
                 "org.apache.zookeeper.server.ZooKeeperServerMain",
                 self.write_config()]
+
+    def jaas_options(self):
+        if not self.sasl_users:
+            return []
+        jaas = os.path.join(self.data_dir, "jaas.conf")
+        users = "".join(f'\n  user_{user}="{password}"'
+                        for user, password in self.sasl_users.items())
+        fd = os.open(jaas, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("Server {\n  org.apache.zookeeper.server.auth."
+                    f"DigestLoginModule required{users};\n}};\n")
+        return ["-Djava.security.auth.login.config=" + jaas]
 
     def answers(self):
         try:
