@@ -152,16 +152,25 @@ def test_a_server_without_the_credential_says_which_to_give(
     from tests.zk_servers import ZKServer
     cluster("s1", zookeeper_options={"auth-file": auth_file,
                                      "acl": "world-read"})
-    stranger = ZKServer(tmp_path, "s9", zookeeper.address, zk_path)
-    stranger.launch()
-    try:
-        wait_for(lambda: not stranger.process.alive(),
-                 "the server without the credential to exit")
-        out = stranger.output()
-        assert "NoAuth" in out and "auth-file" in out, out
-        assert "Traceback" not in out, out
-    finally:
-        stranger.stop()
+    wrong = tmp_path / "wrong.auth"
+    wrong.write_text("zkzeo:not-the-password\n")
+    wrong.chmod(0o600)
+    for name, options, says in (
+            ("s8", {}, "no credential was given"),
+            ("s9", {"auth-file": str(wrong)},
+             "the credential of user 'zkzeo' may not change")):
+        stranger = ZKServer(tmp_path, name, zookeeper.address, zk_path,
+                            zookeeper_options=options)
+        stranger.launch()
+        try:
+            wait_for(lambda: not stranger.process.alive(),
+                     f"the server with {options or 'no credential'} to exit")
+            out = stranger.output()
+            assert "NoAuth" in out and says in out, out
+            assert "auth-file" in out and "Traceback" not in out, out
+            assert "not-the-password" not in out
+        finally:
+            stranger.stop()
 
 
 def test_every_cli_command_works_with_acls(cluster, zookeeper, zk_path,
