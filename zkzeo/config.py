@@ -24,8 +24,7 @@ def zk_path(value):
         raise ValueError(str(e)) from None
 
 
-def acl_mode(value):
-    return zk.acl_mode(value)
+acl_mode = zk.acl_mode
 
 
 def zookeeper_settings(section, prefix=""):

@@ -6,8 +6,9 @@ Here we only give it our settings and turn "cannot connect" into a clear
 error or a patient wait with one log line per attempt.
 
 ``Settings`` is everything but the ensemble and the session timeout: the
-digest credential (``USER:PASSWORD``, given directly or, better, in a file),
-the ACL of the nodes we create, and TLS.  Servers build it from their
+credential (``USER:PASSWORD``, given directly or, better, in a file; sent
+with the digest scheme, or with SASL DIGEST-MD5), the ACL of the nodes we
+create, and TLS.  Servers build it from their
 ``<zookeeper>`` section, clients from ``zookeeper_*`` keyword arguments
 (``settings_from_kwargs``), the CLI from its options and environment.
 """
