@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHAOS = os.path.join(os.path.dirname(HERE), "benchmarks", "chaos.py")
@@ -21,11 +20,6 @@ FAULTS = "primary-kill,primary-stop,secondary-kill,zookeeper-kill"
 RUN_TIMEOUT = 240
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 9: after a ZooKeeper outage, a fallback client whose commit failed "
-    "while the primary was fenced stays read-only for 10-20 s after the "
-    "primary accepts commits again (its node never changed, so nothing tells "
-    "the client); remove this mark once that is fixed"))
 def test_short_chaos_run_keeps_every_promise(tmp_path):
     figures_path = tmp_path / "figures.json"
     command = [sys.executable, CHAOS, "--cycles", "4", "--faults", FAULTS,

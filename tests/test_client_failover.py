@@ -85,6 +85,13 @@ def name_primary(tree, name):
     return state["epoch"]
 
 
+def since_writable(tree, name):
+    """Seconds since ``name``'s node last changed (ZooKeeper's mtime; the
+    same machine's clock): after a promotion, since it said writable."""
+    node = f"{tree.path}/{tree.by_name()[name]['address']}"
+    return time.time() - tree.zk.get(node)[1].mtime / 1000.0
+
+
 def paused(pid):
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
@@ -217,8 +224,9 @@ def test_fallback_client_writes_on_the_promoted_secondary(cluster, tree,
         wait_for(lambda: try_commit(db, x=2),
                  f"the fallback client to write on {other}", timeout=30)
         seconds = time.monotonic() - promoted
+        print(f"promotion to first write: {seconds:.2f}s "
+              f"({since_writable(tree, other):.2f}s after it said writable)")
         assert connected_address(db.storage) == address_of(tree, other)
-        print(f"promotion to first write: {seconds:.2f}s")
     finally:
         db.close()
 
@@ -246,12 +254,14 @@ def test_clients_leave_a_hung_primary_once_another_is_named(
             wait_for(lambda: commit_within(30, db, z=3),
                      "the client to write on s2 while s1 is stopped")
         seconds = time.monotonic() - promoted
+        after = since_writable(tree, "s2")
         hung.join(30)
         assert not hung.is_alive(), "a commit still waits on the hung s1"
         assert paused(s1.process.pid)
         for db in (writer, fallback):
             assert connected_address(db.storage) == address_of(tree, "s2")
-        print(f"promotion to first write, primary hung: {seconds:.2f}s")
+        print(f"promotion to first write, primary hung: {seconds:.2f}s "
+              f"({after:.2f}s after s2 said writable)")
     finally:
         s1.resume()
         writer.close()

@@ -335,6 +335,8 @@ def test_primary_cut_off_from_zookeeper_stops_writes_until_back(tmp_path):
     try:
         s1.start()
         tree = Tree(zookeeper.address, "/fencing")
+        wait_for(lambda: tree.by_name()["s1"]["writable"],
+                 "s1 to accept writes")
         address = tree.by_name()["s1"]["address"].rsplit(":", 1)
         tree.close()
         db = ZEO.DB((address[0], int(address[1])), wait_timeout=60)

@@ -78,8 +78,10 @@ def test_a_paused_primary_acknowledges_nothing_after_it_was_replaced(
     the commits its client had sent meanwhile (the client talks to it
     directly, the worst case)."""
     s1 = cluster("s1", zookeeper_options=FAILOVER, replication_options=SYNC)
-    s2 = cluster("s2", zookeeper_options=FAILOVER, replication_options=SYNC)
-    db = ZEO.DB(address_of(tree, "s1"), wait_timeout=60)
+    cluster("s2", zookeeper_options=FAILOVER, replication_options=SYNC)
+    # Fallback, so that its commits fail at once once s1 is a secondary.
+    db = ZEO.DB(address_of(tree, "s1"), wait_timeout=60,
+                read_only_fallback=True)
     try:
         with db.transaction() as conn:
             conn.root.data = PersistentMapping()

@@ -16,7 +16,6 @@ from ZEO.Exceptions import ClientDisconnected
 from tests.support import wait_for
 from zkzeo import _zeo_compat
 from zkzeo.routing import Connection
-from zkzeo.zkserver import free_port
 
 
 def test_zeo_private_names_are_there():
@@ -46,7 +45,10 @@ def test_zeo_private_names_are_there():
     assert "self.client = client = ClientIO(" in inspect.getsource(
         runner.setup_delegation)
     storage_init = inspect.getsource(ClientStorage.__init__)
+    assert "_client_factory" in inspect.signature(
+        ClientStorage.__init__).parameters
     for text in ("self._server = _client_factory(", "self._call = ",
+                 "self._wait = self._server.wait",
                  "self._is_read_only = read_only"):
         assert text in storage_init, text
     assert "self._call('new_oids')" in inspect.getsource(
@@ -79,7 +81,7 @@ def test_new_addresses_and_a_pending_first_connection(tmp_path, ours):
     address list changes; ours lets it wait for the new list."""
     addr, stop = ZEO.server(path=str(tmp_path / "Data.fs"))
     factory = {"_client_factory": _zeo_compat.ClientThread} if ours else {}
-    storage = ClientStorage([("127.0.0.1", free_port())], wait=False,
+    storage = ClientStorage([str(tmp_path / "nobody.sock")], wait=False,
                             **factory)
     try:
         thread, outcome = _wait_in_thread(storage)
@@ -158,7 +160,7 @@ def test_a_read_only_connection_is_kept_until_a_writable_one_registers(
 
 
 def test_new_addresses_keep_the_attempts_still_wanted(tmp_path):
-    down = ("127.0.0.1", free_port())          # nothing listens there
+    down = str(tmp_path / "nobody.sock")       # nothing listens there
     addr, stop = ZEO.server(path=str(tmp_path / "Data.fs"))
     storage = ClientStorage([down], wait=False,
                             _client_factory=_zeo_compat.ClientThread)

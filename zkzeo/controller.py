@@ -25,7 +25,7 @@ from kazoo.protocol.states import KazooState
 from replication.storage import Role
 
 from . import ha
-from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY, SECONDARY,
+from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY,
                      STOPPED)
 from .lease import Lease
 
@@ -282,8 +282,14 @@ class Controller:
             return
         self._frozen_tid = None
         self.storage.fenced = False
+        try:
+            self.lease.renew()
+        except KazooException:
+            self.lease.renew_now()       # its own thread tries again
+        # Clients that registered read-only while we were fenced (a commit
+        # of theirs failed meanwhile, say) must register again.
+        self.storage.reconnect_clients()
         self._publish(self.me(fresh))
-        self.lease.renew_now()
 
     def _follow(self, snapshot):
         self.storage.follower.retarget()

@@ -34,6 +34,8 @@ import threading
 from ZEO.ClientStorage import ClientStorage
 from ZODB.POSException import ReadOnlyError
 
+from replication import quietlogs
+
 from . import _zeo_compat, zk
 from .discovery import ClusterView
 from .layout import parse_url
@@ -49,6 +51,7 @@ class ZooKeeperClientStorage(ClientStorage):
 
     def __init__(self, url, *args, zookeeper_timeout=ZK_CONNECT_TIMEOUT,
                  zookeeper_session_timeout=10.0, **kw):
+        quietlogs.install()      # failover refusals: one line each
         if args and isinstance(args[0], str) and "://" in args[0]:
             raise TypeError("pass the zkzeo URL once, as the first argument")
         self.zookeeper_url = url
@@ -80,16 +83,16 @@ class ZooKeeperClientStorage(ClientStorage):
                 logger.warning("%s: %s; waiting", url, first.sentence)
             else:
                 logger.info("%s: %s", url, first.sentence)
-            kw["_client_factory"] = _zeo_compat.ClientThread
             ClientStorage.__init__(self, list(first.addresses), *args,
-                                   wait=False, **kw)
+                                   wait=False,
+                                   **_zeo_compat.with_our_client_thread(kw))
             _zeo_compat.client_io(self).start_routing(self._route, url,
                                                       first.sentence)
             self._view.on_change = self._servers_changed
             # What changed between the first look and the watch.
             self._servers_changed(None)
             if wait:
-                self._wait()
+                _zeo_compat.wait_connected(self)
         except BaseException:
             self._close_zookeeper()
             server = getattr(self, "_server", None)
@@ -118,6 +121,10 @@ class ZooKeeperClientStorage(ClientStorage):
             self._connections += 1
         if not conn.is_read_only():
             conn.lost = None
+        elif self._mode == FALLBACK:
+            # Read-only: should it try for a writable one now (and again)?
+            _zeo_compat.call_soon_in_io_thread(
+                self, _zeo_compat.client_io(self).reroute)
 
     def new_oid(self):
         """A new oid, from a block the *current* server handed out.
