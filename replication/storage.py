@@ -178,10 +178,13 @@ class SyncReplicationTimeout(Exception):
     """Too few secondaries acknowledged a commit in time (sync-block)."""
 
 
-class NotPrimary(ReadOnlyError):
-    """This server stopped being the primary while the commit was in
-    flight; the commit did not succeed here (fencing: it never succeeds
-    late)."""
+def NotPrimary(reason):
+    """The error of a commit on a server that stopped being the primary
+    while the commit was in flight: it did not succeed (fencing: it never
+    succeeds late).  A plain ReadOnlyError with the reason, because ZEO
+    clients turn any exception class they do not know into a
+    ServerException, which applications cannot tell from a bug."""
+    return ReadOnlyError(reason)
 
 
 class Role(enum.Enum):
@@ -348,11 +351,23 @@ class ReplicatedStorage(StorageProxy):
             self.lease_valid()
 
     def isReadOnly(self):
-        return not self.writable
+        # What ZEO asks when a client registers.  Not the lease: a lease
+        # lapses and comes back without any event a client would see, and
+        # a client registered read-only meanwhile would stay so.  Commits
+        # check the lease (NotPrimary).
+        return self.role is not Role.PRIMARY or self.fenced
 
     def _check_writable(self):
-        if not self.writable:
+        if self.isReadOnly():
             raise ReadOnlyError()
+        if not self.lease_valid():
+            raise NotPrimary(self._not_primary_reason())
+
+    def reconnect_clients(self):
+        """Make every client register again: after the storage starts
+        accepting commits again, clients that registered read-only while
+        it did not must learn it (ZEO asks only at registration)."""
+        self._drop_clients()
 
     # --- writes (primary) -------------------------------------------------
 

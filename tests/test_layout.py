@@ -2,7 +2,7 @@
 import pytest
 
 from zkzeo import ha
-from zkzeo.discovery import FALLBACK, READ, WRITE, Snapshot
+from zkzeo.discovery import Snapshot
 from zkzeo.layout import (ClusterState, LayoutError, ServerInfo, parse_url,
                           parse_address)
 
@@ -79,15 +79,3 @@ def test_start_decisions_read_as_sentences():
         "secondary")
 
 
-def test_addresses_for_each_kind_of_client():
-    servers = [ServerInfo("a", "secondary", ("h", 1)),
-               ServerInfo("b", "primary", ("h", 2)),
-               ServerInfo("c", "secondary", ("h", 3))]
-    snap = snapshot("b", 1, servers)
-    assert snap.addresses(WRITE) == [("h", 2)]
-    assert snap.addresses(FALLBACK) == [("h", 2), ("h", 1), ("h", 3)]
-    assert snap.addresses(READ) == [("h", 1), ("h", 3)]
-    alone = snapshot("b", 1, servers[1:2])
-    assert alone.addresses(READ) == [("h", 2)]
-    headless = snapshot("gone", 1, [servers[0]])
-    assert headless.addresses(WRITE) == [("h", 1)]   # waits for a primary

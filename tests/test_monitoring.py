@@ -48,7 +48,9 @@ def test_check_reports_a_killed_secondary(cluster, zk_url, zk_path,
 def test_check_reports_a_lagging_secondary_and_a_missing_primary():
     def row(name, role, lag, reachable=True):
         return {"name": name, "role": role, "reachable": reachable,
-                "lag_seconds": lag}
+                "lag_seconds": lag,
+                "state": "accepting commits" if role == "primary"
+                else "following"}
     snap = Snapshot("/db", True, ClusterState("s1", 4), 0, ())
     rows = [row("s1", "primary", 0.0), row("s2", "secondary", 7.5),
             row("s3", "secondary", 0.2)]
@@ -71,17 +73,19 @@ def test_check_unknown_when_zookeeper_is_unreachable(capsys):
                                               "reach ZooKeeper")
 
 
-def test_check_and_metrics_report_a_lagging_secondary(
+def test_check_and_metrics_report_a_diverged_secondary(
         cluster, tree, zk_url, tmp_path, capsys):
     # A diverged old primary keeps serving its old data: a secondary that
-    # is registered and answers, but falls further behind with every
-    # commit.
+    # is registered and answers, but does not replicate: CRITICAL, never
+    # "OK, lag 0".
     from tests.test_failover import lossy_failover
     s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
                                          capsys)
     s1.start()
     wait_for(lambda: "divergent history" in s1.output(),
              "the old primary to stop as a diverged secondary")
+    wait_for(lambda: tree.by_name()["s1"]["replication_state"] ==
+             "diverged", "s1 to say it diverged")
     import zkzeo
     db = zkzeo.DB(zk_url, wait_timeout=60)
     with db.transaction() as conn:
@@ -89,8 +93,10 @@ def test_check_and_metrics_report_a_lagging_secondary(
     db.close()
     status, out = check(zk_url, "--lag-warning", "0.5", "--lag-critical",
                         "600", capsys=capsys)
-    assert status == WARNING, out
-    assert re.search(r"s1 is \d+\.\ds behind", out)
+    assert status == CRITICAL, out
+    assert "secondary s1 is diverged: it does not replicate" in out
+    assert cli.main(["status", zk_url]) == 0
+    assert "WARNING: s1 is diverged" in capsys.readouterr().out
     assert cli.main(["metrics", zk_url, "--once"]) == 0
     text = capsys.readouterr().out
     lag = float(re.search(r'zkzeo_lag_seconds\{[^}]*name="s1"[^}]*\} '

@@ -182,7 +182,7 @@ def test_server_appearing_later_is_used(cluster, zk_url, caplog):
         wait_for(storage.is_connected,
                  "the client to connect to a server that started later")
         # zkzeo clients use a cache without ZEO 6's same-tid bug
-        from zkzeo.zeoclient import _ClientCache
+        from zkzeo._zeo_compat import ClientCache as _ClientCache
         assert type(storage._cache) is _ClientCache
     finally:
         storage.close()
@@ -194,7 +194,7 @@ def test_client_cache_survives_an_invalidation_with_its_own_tid(tmp_path,
     then writes a second one: the file is refused at the next start."""
     from ZEO.cache import ClientCache
     from ZODB.utils import p64
-    from zkzeo.zeoclient import _ClientCache
+    from zkzeo._zeo_compat import ClientCache as _ClientCache
     oid, t1, t2 = p64(1), p64(10), p64(20)
 
     def exercise(cache_class, path):

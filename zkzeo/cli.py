@@ -7,6 +7,8 @@
     zkzeo check URL [--lag-warning S] [--lag-critical S] ...   (Nagios)
     zkzeo metrics URL [--port PORT | --once]                  (Prometheus)
 
+Every command takes ZooKeeper's credential (--auth-file FILE, else
+$ZKZEO_AUTH_FILE, else $ZKZEO_AUTH) and TLS options (--use-ssl, --ca, ...).
 It reads the cluster straight from ZooKeeper and asks the servers for their
 positions (ZEO's server_status).  Transitions are written to ZooKeeper as
 an *intent* in the cluster state (a compare-and-set); the servers carry it
@@ -16,10 +18,11 @@ they are done, or withdraws the intent, says why, and exits non-zero.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
-from kazoo.exceptions import BadVersionError
+from kazoo.exceptions import BadVersionError, NoAuthError
 from ZODB.TimeStamp import TimeStamp
 
 from . import ha, probe, zk
@@ -55,10 +58,10 @@ def format_time(seconds):
 class Cluster:
     """A command's view of one database: ZooKeeper plus the servers."""
 
-    def __init__(self, url, timeout=10.0):
+    def __init__(self, url, timeout=10.0, settings=None):
         hosts, self.path = parse_url(url)
         self.url = url
-        self.zk = zk.start(zk.make_client(hosts), timeout)
+        self.zk = zk.start(zk.make_client(hosts, settings=settings), timeout)
         self.view = ClusterView(self.zk, self.path)
         self.view.wait_ready(timeout)
 
@@ -123,8 +126,28 @@ def status_rows(cluster):
             "clients": max(0, status["connections"] - 1) if status else None,
             "commits": status.get("commits") if status else None,
             "frozen": "frozen_tid" in server.extra,
+            # As the server says it: "accepting commits" for a primary,
+            # its replication state for a secondary.
+            "state": server_state(server),
         })
     return snapshot, rows
+
+
+STATE_ADVICE = {
+    "diverged": "its history differs from the primary's; see "
+                "docs/failover.md (rewind-divergent) before it can follow",
+    "stopped": "it does not replicate; its log says why (restart it once "
+               "the cause is fixed)",
+    "not accepting commits": "it is fenced (ZooKeeper unreachable, or a "
+                             "switchover under way)",
+}
+
+
+def server_state(server):
+    if server.role == PRIMARY:
+        return "accepting commits" if server.writable else \
+            "not accepting commits"
+    return server.replication_state or "unknown"
 
 
 def cmd_status(cluster, args):
@@ -145,12 +168,12 @@ def cmd_status(cluster, args):
     if not rows:
         say("no server is registered")
         return EXIT_OK
-    header = ("NAME", "ADDRESS", "ROLE", "EPOCH", "LAST TRANSACTION (UTC)",
-              "LAG", "CLIENTS")
+    header = ("NAME", "ADDRESS", "ROLE", "STATE", "EPOCH",
+              "LAST TRANSACTION (UTC)", "LAG", "CLIENTS")
     table = [header] + [(
         r["name"], r["address"], r["role"] + (" (frozen)" if r["frozen"]
                                               else ""),
-        str(r["epoch"]),
+        r["state"], str(r["epoch"]),
         r["last_time"] or ("unreachable" if not r["reachable"] else "-"),
         "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.3f}s",
         "-" if r["clients"] is None else str(r["clients"]))
@@ -161,6 +184,10 @@ def cmd_status(cluster, args):
     if state.primary and snapshot.primary is None:
         say(f"WARNING: primary {state.primary} is not registered: it is "
             "down or cut off; see 'zkzeo promote'")
+    for r in rows:
+        advice = STATE_ADVICE.get(r["state"])
+        if advice:
+            say(f"WARNING: {r['name']} is {r['state']}: {advice}")
     return EXIT_OK
 
 
@@ -244,7 +271,9 @@ def withdraw(cluster, intent, version):
         say(f"could not withdraw the {intent.action} request: {e}")
 
 
-def check_target(snapshot, name):
+def check_target(snapshot, name, now=True):
+    """CommandError unless ``name`` (if given) is a live secondary that
+    could take over (``now``), or will once it has caught up."""
     if name is None:
         return
     server = snapshot.by_name(name)
@@ -253,7 +282,7 @@ def check_target(snapshot, name):
                          if s.role == SECONDARY) or "none"
         raise CommandError(f"{name} is not a live secondary of "
                            f"{snapshot.path} (live: {live})")
-    if not ha.is_candidate(server, snapshot.state.epoch):
+    if now and not ha.is_candidate(server, snapshot.state.epoch, True):
         raise CommandError(
             f"{name} cannot become primary now: it is "
             f"{server.replication_state or 'not replicating'} and has not "
@@ -283,7 +312,7 @@ def cmd_switchover(cluster, args):
         raise CommandError(f"primary {state.primary} is not registered: a "
                            "switchover needs a live primary; use "
                            "'zkzeo promote'")
-    check_target(snapshot, args.to)
+    check_target(snapshot, args.to, now=False)
     say(f"asking {state.primary} to hand over to "
         f"{args.to or 'a caught-up secondary'}")
     return carry_out(cluster, snapshot, Intent(SWITCHOVER, args.to),
@@ -345,13 +374,80 @@ def parser():
     resume.set_defaults(func=cmd_resume)
     from .monitoring import add_commands
     add_commands(sub)
+    add_connection_options(p, None)
+    for command in sub.choices.values():
+        # Before or after the command; a command's own copy must not
+        # overwrite a value given before it, hence SUPPRESS.
+        add_connection_options(command, argparse.SUPPRESS)
     return p
+
+
+def add_connection_options(p, default):
+    def option(*names, **kw):
+        kw.setdefault("default", default)
+        p.add_argument(*names, **kw)
+    group = p.add_argument_group(
+        "ZooKeeper credentials and TLS",
+        "Credentials: --auth-file, else $ZKZEO_AUTH_FILE, else $ZKZEO_AUTH "
+        "(USER:PASSWORD); --auth puts the password in the process list "
+        "and shell history, avoid it.")
+    p = group
+    option("--auth-file", metavar="FILE",
+           help="a file whose first line is USER:PASSWORD (digest "
+           "authentication)")
+    option("--auth", metavar="USER:PASSWORD", help="the credential itself "
+           "(visible to other users in the process list: prefer "
+           "--auth-file)")
+    option("--use-ssl", action="store_true", help="connect to ZooKeeper "
+           "with TLS")
+    option("--ca", metavar="PEM", help="CA certificate(s) of the ZooKeeper "
+           "servers' certificates")
+    option("--certfile", metavar="PEM", help="this client's certificate")
+    option("--keyfile", metavar="PEM", help="its private key")
+    option("--no-verify-certs", dest="verify_certs", action="store_false",
+           help="do not check the ZooKeeper servers' certificates")
+    option("--sasl-mechanism", metavar="DIGEST-MD5", help="authenticate "
+           "with SASL (the credential's USER:PASSWORD) instead of digest")
+    option("--no-check-hostname", dest="check_hostname",
+           action="store_false", help="do not check that a certificate "
+           "names its server's host")
+
+
+def connection_settings(args, environ=None):
+    """zk.Settings from the command line, else the environment."""
+    credential = {}
+    if args.auth_file or args.auth:
+        credential = {"auth_file": args.auth_file, "auth": args.auth}
+    else:
+        credential = zk.settings_from_environment(
+            os.environ if environ is None else environ)
+    return zk.settings(
+        use_ssl=args.use_ssl, ca=args.ca, certfile=args.certfile,
+        keyfile=args.keyfile,
+        verify_certs=True if args.verify_certs is None
+        else args.verify_certs,
+        check_hostname=True if args.check_hostname is None
+        else args.check_hostname, sasl_mechanism=args.sasl_mechanism,
+        **credential)
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        cluster = Cluster(args.url)
+        settings = connection_settings(args)
+    except ValueError as e:
+        print(f"zkzeo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cluster = Cluster(args.url, settings=settings)
+    except NoAuthError:
+        message = zk.no_auth_message(None, args.url, "read", settings)
+        unknown = getattr(args, "unknown_status", None)
+        if unknown is not None:
+            print(f"ZKZEO UNKNOWN - {message}")
+            return unknown
+        print(f"zkzeo: {message}", file=sys.stderr)
+        return EXIT_FAILED
     except (LayoutError, zk.ZooKeeperUnreachable) as e:
         unknown = getattr(args, "unknown_status", None)
         if unknown is not None:        # a monitoring plugin's UNKNOWN
@@ -363,6 +459,11 @@ def main(argv=None):
         return args.func(cluster, args)
     except CommandError as e:
         print(f"zkzeo {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except NoAuthError:
+        print(f"zkzeo {args.command}: "
+              f"{zk.no_auth_message(cluster.zk, cluster.path)}",
+              file=sys.stderr)
         return EXIT_FAILED
     finally:
         cluster.close()

@@ -25,7 +25,7 @@ from kazoo.protocol.states import KazooState
 from replication.storage import Role
 
 from . import ha
-from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY, SECONDARY,
+from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY,
                      STOPPED)
 from .lease import Lease
 
@@ -59,6 +59,8 @@ class Controller:
         self._followed_epoch = None
         self._position = None        # (epoch, last tid) published
         self._frozen_tid = None      # where a switchover froze us
+        self._highest_epoch = storage.epoch
+        self._refused = None         # the cluster state last refused
         self.lease = Lease(zk, view.path, registration, storage,
                            config.session_timeout, on_change=self._wake.set)
         view.on_change = lambda snapshot: self._wake.set()
@@ -181,6 +183,8 @@ class Controller:
             if self._stopping:
                 break
             snapshot = self.view.snapshot
+            if not self._acceptable(snapshot.state):
+                continue
             try:
                 me = self.me(snapshot)
                 if me.session_ok:
@@ -196,7 +200,8 @@ class Controller:
                 last_sentence = sentence
                 continue
             last_sentence = sentence
-            logger.info("%s", sentence)
+            if action not in CONFIRMED_FRESH:
+                logger.info("%s", sentence)
             try:
                 ACTIONS[action](self, snapshot)
             except KazooException as e:
@@ -209,13 +214,37 @@ class Controller:
                                  action.value)
                 self._retry_soon()
 
+    def _acceptable(self, state):
+        """Epochs only grow: a cluster state going back (written by hand,
+        or by a hostile client) is refused, loudly, and nothing acts on it.
+        """
+        if state.epoch >= self._highest_epoch:
+            self._highest_epoch = state.epoch
+            self._refused = None
+            return True
+        if state != self._refused:
+            self._refused = state
+            logger.critical(
+                "%s refuses the cluster state of %s: its epoch %d is older "
+                "than epoch %d, which this server has seen; someone wrote "
+                "it by hand or without compare-and-set.  Restore the epoch "
+                "and check who can "
+                "write to ZooKeeper (docs/security.md)", self.name,
+                self.view.path, state.epoch, self._highest_epoch)
+        return False
+
     def _retry_soon(self):
         time.sleep(TICK)
         self._wake.set()
 
-    def _decide_fresh(self):
+    def _decide_fresh(self, expected):
+        """Decide again on a fresh read; log the sentence if the decision
+        stands (a resumed process must not say what a stale picture
+        suggested)."""
         fresh = self.view.refresh()
         action, sentence = ha.decide(fresh, self.me(fresh))
+        if action is expected:
+            logger.info("%s", sentence)
         return fresh, action, sentence
 
     # --- actions ------------------------------------------------------------
@@ -247,14 +276,20 @@ class Controller:
             self._publish(self.me(snapshot))
 
     def _unfence(self, snapshot):
-        fresh, action, _ = self._decide_fresh()
+        fresh, action, _ = self._decide_fresh(ha.Action.UNFENCE)
         if action is not ha.Action.UNFENCE:
             self._wake.set()
             return
         self._frozen_tid = None
         self.storage.fenced = False
+        try:
+            self.lease.renew()
+        except KazooException:
+            self.lease.renew_now()       # its own thread tries again
+        # Clients that registered read-only while we were fenced (a commit
+        # of theirs failed meanwhile, say) must register again.
+        self.storage.reconnect_clients()
         self._publish(self.me(fresh))
-        self.lease.renew_now()
 
     def _follow(self, snapshot):
         self.storage.follower.retarget()
@@ -265,7 +300,7 @@ class Controller:
         self._publish(self.me(snapshot))
 
     def _take_over(self, snapshot):
-        fresh, action, sentence = self._decide_fresh()
+        fresh, action, sentence = self._decide_fresh(ha.Action.TAKE_OVER)
         if action is not ha.Action.TAKE_OVER:
             self._wake.set()
             return
@@ -297,6 +332,9 @@ class Controller:
         self.view.refresh()
         self._wake.set()
 
+
+# Logged by their handler, once a fresh read confirms them.
+CONFIRMED_FRESH = (ha.Action.UNFENCE, ha.Action.TAKE_OVER)
 
 ACTIONS = {
     ha.Action.PROMOTE: Controller._promote,

@@ -15,10 +15,9 @@ from kazoo.exceptions import NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from .layout import ClusterState, LayoutError, ServerInfo
+from .routing import FALLBACK, READ, WRITE, route
 
 logger = logging.getLogger(__name__)
-
-WRITE, FALLBACK, READ = "write", "fallback", "read"
 
 
 @dataclass(frozen=True)
@@ -45,21 +44,8 @@ class Snapshot:
         return self.by_name(self.state.primary)
 
     def addresses(self, mode=WRITE):
-        """ZEO addresses for a client.
-
-        ZEO connects to every address it is given at once and keeps the
-        first that suits it, so order is not enough: ``WRITE`` clients get
-        the primary alone (once one is known), ``FALLBACK`` clients every
-        server, primary first, and ``READ`` (read-only) clients the
-        secondaries, to spread reads, or every server when there is none.
-        """
-        primary = self.primary
-        others = [s.address for s in self.servers if s is not primary]
-        if mode == WRITE and primary is not None:
-            return [primary.address]
-        if mode == READ and others:
-            return others
-        return ([primary.address] if primary is not None else []) + others
+        """ZEO addresses for a new client of ``mode`` (see routing.py)."""
+        return list(route(self, mode).addresses)
 
 
 class ClusterView:

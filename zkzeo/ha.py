@@ -14,7 +14,7 @@ The rules, in the order ``decide`` applies them:
   that state stops accepting commits at once (FENCE).
 * The server the state names primary becomes primary (PROMOTE), stops
   accepting commits while an intent would replace it (FENCE; ABANDON_INTENT
-  of a switchover that did not finish in time), and otherwise accepts
+  of one that did not finish in time), and otherwise accepts
   commits again only after the controller re-read the state (UNFENCE; the
   write lease checks it once more on every renewal).
 * Any other primary steps down and follows the named one (DEMOTE).
@@ -22,7 +22,8 @@ The rules, in the order ``decide`` applies them:
 * An election (a promote intent; or, with automatic failover on and not
   paused, a primary that has been missing for the grace period) is held
   among *candidates*: secondaries of the current epoch that have followed
-  the primary in it and have not diverged or stopped.  Each says where it
+  the primary in it and have not diverged or stopped (for an operator's
+  promotion, one that restarted since and could not follow yet counts).  Each says where it
   stands (STAND: its last tid, for this epoch); once every candidate has,
   all of them compute the same winner (``elect``: a named target, else the
   newest last tid, ties to the smallest name), and the winner alone writes
@@ -110,17 +111,26 @@ class Me:
     position: tuple = None       # (epoch, last_tid) it published
 
 
-def is_candidate(server, epoch):
-    """Whether a registered server may be elected in ``epoch``."""
+def is_candidate(server, epoch, asked=False):
+    """Whether a registered server may be elected in ``epoch``: a
+    secondary of that epoch, not diverged, stopped or catching up, that
+    has followed the primary in that epoch.  When an operator asked for a
+    promotion (``asked``), one that has not (it restarted while the
+    primary was down) may be elected too: the newest last tid still wins.
+    """
     return (server.role == SECONDARY and server.epoch == epoch and
             server.replication_state in CANDIDATE_STATES and
-            server.extra.get("followed_epoch") == epoch)
+            (asked or server.extra.get("followed_epoch") == epoch))
 
 
-def _me_candidate(me, epoch):
+def _me_candidate(me, epoch, asked=False):
     return (me.role == SECONDARY and me.epoch == epoch and
             me.replication_state in CANDIDATE_STATES and
-            me.followed_epoch == epoch)
+            (asked or me.followed_epoch == epoch))
+
+
+def _asked(state):
+    return state.intent is not None and state.intent.action == PROMOTE
 
 
 def position(server):
@@ -137,7 +147,9 @@ def elect(snapshot):
     when no server can win."""
     state = snapshot.state
     epoch = state.epoch
-    candidates = [s for s in snapshot.servers if is_candidate(s, epoch)]
+    asked = _asked(state)
+    candidates = [s for s in snapshot.servers
+                  if is_candidate(s, epoch, asked)]
     target = state.intent.to if state.intent is not None else None
     if target is not None:
         if target not in [c.name for c in candidates]:
@@ -219,7 +231,7 @@ def _decide_named(snapshot, me):
                 f"promotion of {intent.to or 'the newest secondary'}")
         if not me.fenced:
             return Action.FENCE, f"{what}: {me.name} stops accepting commits"
-        if intent.action == SWITCHOVER and me.fenced_for > HANDOVER_TIMEOUT:
+        if me.fenced_for > HANDOVER_TIMEOUT:
             return Action.ABANDON_INTENT, (
                 f"the {what} did not finish within {HANDOVER_TIMEOUT:.0f}s: "
                 f"{me.name} stays primary and accepts commits again")
@@ -233,7 +245,7 @@ def _decide_named(snapshot, me):
 
 def _decide_election(snapshot, me, why):
     epoch = snapshot.state.epoch
-    if not _me_candidate(me, epoch):
+    if not _me_candidate(me, epoch, _asked(snapshot.state)):
         return Action.NOTHING, (f"{why}; {me.name} is not a candidate "
                                 f"({_not_candidate_reason(me, epoch)})")
     if me.position != (epoch, me.last_tid):

@@ -36,6 +36,10 @@ from .layout import PRIMARY, ClusterState, LayoutError, ServerInfo
 logger = logging.getLogger(__name__)
 
 
+class ZooKeeperSilent(KazooException):
+    """ZooKeeper did not answer a renewal in time."""
+
+
 def lease_duration(session_timeout):
     return session_timeout / 2.0
 
@@ -87,7 +91,14 @@ class Lease:
             except Exception:
                 granted = False
                 logger.exception("could not renew the write lease")
-            if not granted and self.granted_epoch is not None:
+            if not granted and self.granted_epoch is not None and \
+                    not self.storage.lease_valid():
+                logger.warning(
+                    "%s: ZooKeeper has not confirmed for %.1fs that it is "
+                    "still the primary of epoch %d: its write lease ran out "
+                    "and it refuses commits until a fresh read confirms it",
+                    self.registration.info.name, self.duration,
+                    self.granted_epoch)
                 self.granted_epoch = None
                 self.on_change()
 
@@ -96,14 +107,17 @@ class Lease:
         t0 = time.monotonic()
         name = self.registration.info.name
         epoch = self.storage.epoch
-        self.zk.sync(self.path)
-        data, _ = self.zk.get(self.path)
+        # Asynchronous calls with a timeout: while ZooKeeper hangs, kazoo
+        # queues requests until it reconnects, and the lease must still be
+        # seen to run out (and said so) on time.
+        self._answer(self.zk.sync_async(self.path))
+        data, _ = self._answer(self.zk.get_async(self.path))
         state = ClusterState.from_bytes(data, self.path)
         if state.primary != name or state.epoch != epoch or \
                 state.intent is not None:
             return False
         try:
-            _, stat = self.zk.get(self.registration.node)
+            _, stat = self._answer(self.zk.get_async(self.registration.node))
         except NoNodeError:
             return False
         session = self.zk.client_id
@@ -118,6 +132,12 @@ class Lease:
             logger.info("%s holds the write lease of epoch %d", name, epoch)
             self.on_change()
         return True
+
+    def _answer(self, result):
+        try:
+            return result.get(timeout=self.duration)
+        except self.zk.handler.timeout_exception:
+            raise ZooKeeperSilent(f"no answer within {self.duration:g}s")
 
     def may_take_over(self, epoch, named_for):
         """A new primary writes only once no other server may still be

@@ -31,12 +31,24 @@ def evaluate(snapshot, rows, lag_warning, lag_critical, secondaries_warning,
     elif not by_name[state.primary]["reachable"]:
         problems.append((CRITICAL, f"primary {state.primary} does not "
                                    "answer"))
+    elif by_name[state.primary]["state"] != "accepting commits":
+        problems.append((WARNING if state.intent else CRITICAL,
+                         f"primary {state.primary} does not accept commits"))
     secondaries = [r for r in rows if r["role"] == "secondary"]
-    live = [r for r in secondaries if r["reachable"]]
+    # Only a secondary that says it follows is a live copy.
+    live = [r for r in secondaries
+            if r["reachable"] and r["state"] == "following"]
     for r in secondaries:
         if not r["reachable"]:
             problems.append((WARNING, f"secondary {r['name']} does not "
                                       "answer"))
+        elif r["state"] in ("diverged", "stopped"):
+            problems.append((CRITICAL, f"secondary {r['name']} is "
+                                       f"{r['state']}: it does not "
+                                       "replicate"))
+        elif r["state"] != "following":
+            problems.append((WARNING, f"secondary {r['name']} is "
+                                      f"{r['state']}"))
     if len(live) < secondaries_critical:
         problems.append((CRITICAL, f"{len(live)} live secondaries "
                                    f"(critical below {secondaries_critical})"))

@@ -2,92 +2,56 @@
 
 ``client(url, *args, **kw)`` is ``ZEO.client`` with a zkzeo URL instead of
 an address: every other ``ZEO.client`` argument works.  The returned
-storage's address list follows the path's children live (kazoo watches):
-servers that start are used, servers that stop are dropped, without a
-restart.
+storage connects where ``routing.route`` says, from what the servers
+publish in ZooKeeper, and moves when that changes, without a restart.
+
+Threads of one client::
+
+    caller's threads   __init__, close, the storage API (ZEO's ClientRunner:
+                       load, store, tpc_*, new_oid).  ZEO hands each server
+                       call to the IO thread and waits for its answer.
+    ZEO's IO thread    its asyncio loop: connections, cache verification,
+                       notify_connected / notify_disconnected, and routing:
+                       _zeo_compat.ClientIO.reroute() asks routing.route()
+                       about the newest snapshot and the current connection,
+                       then tries new addresses, upgrades a read-only
+                       connection, or closes one to a replaced primary.
+    kazoo's threads    its connection thread, and its event thread, which
+                       runs the ClusterView's watch callbacks; ours,
+                       _servers_changed(), only schedules reroute().
+
+    crossings:  kazoo event thread -> IO thread   loop.call_soon_threadsafe
+                                                  (reroute), never waiting
+                IO thread -> ClusterView          reads ``snapshot``, an
+                                                  immutable value
+                caller -> IO thread               ZEO's own calls
+                process exit                      kazoo stopped with a
+                                                  bounded wait (zk.py)
 """
 import logging
+import threading
 
-import ZEO.asyncio.client
-import ZEO.cache
 from ZEO.ClientStorage import ClientStorage
+from ZODB.POSException import ReadOnlyError
 
-from . import zk
-from .discovery import FALLBACK, READ, WRITE, ClusterView
+from replication import quietlogs
+
+from . import _zeo_compat, zk
+from .discovery import ClusterView
 from .layout import parse_url
+from .routing import FALLBACK, READ, WRITE, route
 
 logger = logging.getLogger(__name__)
 
 ZK_CONNECT_TIMEOUT = 10.0
 
 
-class _FailoverClientIO(ZEO.asyncio.client.ClientIO):
-    """ZEO's client connection manager, which does not stay stuck when the
-    server is behind its cache.
-
-    Stock ZEO refuses a server whose last transaction is older than the
-    client's cache ("server behind client") and retries only after about
-    ten seconds.  After an asynchronous failover every surviving server may
-    be behind the cache for good (the newest transactions were lost), so
-    this client drops its cache, says so, and connects.
-    """
-
-    async def verify(self, server_tid):
-        cache = self.cache
-        if server_tid is None:
-            server_tid = await self.protocol.server_call("lastTransaction")
-        cache_tid = cache.getLastTid() if cache else None
-        if cache_tid and cache_tid > server_tid:
-            self.verify_result = "Server behind client: cache dropped"
-            logger.warning(
-                "%s: server %s is behind this client's cache (its last "
-                "transaction %s is older than %s), as after a failover that "
-                "lost transactions: dropping the cache",
-                getattr(self.client, "__name__", ""), self.protocol.addr,
-                server_tid.hex(), cache_tid.hex())
-            cache.clear()
-            self.client.invalidateCache()
-        return await super().verify(server_tid)
-
-
-class _ClientCache(ZEO.cache.ClientCache):
-    """ZEO's client cache without a bug that spoils its file.
-
-    ZEO 6's ``invalidate`` removes an object from its index of current
-    records *before* it notices that the invalidation carries the current
-    record's own tid, which it then ignores ("Ignoring invalidation with
-    same tid as current").  The record stays current in the file; the next
-    ``store`` of that object adds a second current record, and the next
-    start refuses the whole file ("Moving bad cache file").  Here such an
-    invalidation leaves everything as it was.
-    """
-
-    def invalidate(self, oid, tid):
-        with self._lock:
-            ofs = self.current.get(oid) if tid is not None else None
-            if ofs is not None:
-                self.f.seek(ofs + 13)       # status, size, oid: then tid
-                if self.f.read(8) == tid:
-                    return
-            super().invalidate(oid, tid)
-
-
-class _FailoverClientThread(ZEO.asyncio.client.ClientThread):
-
-    def setup_delegation(self, loop):
-        super().setup_delegation(loop)
-        # ClientRunner builds a plain ClientIO; ours only adds to verify().
-        self.client.__class__ = _FailoverClientIO
-        cache = self.client.cache
-        if type(cache) is ZEO.cache.ClientCache:
-            cache.__class__ = _ClientCache      # before it is used
-
-
 class ZooKeeperClientStorage(ClientStorage):
-    """A ClientStorage with its address list kept by a ClusterView."""
+    """A ClientStorage that connects where ZooKeeper says."""
 
     def __init__(self, url, *args, zookeeper_timeout=ZK_CONNECT_TIMEOUT,
                  zookeeper_session_timeout=10.0, **kw):
+        quietlogs.install()      # failover refusals: one line each
         if args and isinstance(args[0], str) and "://" in args[0]:
             raise TypeError("pass the zkzeo URL once, as the first argument")
         self.zookeeper_url = url
@@ -99,28 +63,37 @@ class ZooKeeperClientStorage(ClientStorage):
         fallback = kw.get("read_only_fallback") or (len(args) > 6 and
                                                     args[6])
         self._mode = READ if read_only else FALLBACK if fallback else WRITE
-        self._failing_over = False
+        self._oid_lock = threading.Lock()
+        self._oid_block = []
+        self._oid_block_of = None
+        self._connections = 0
         self._zk = zk.start(
-            zk.make_client(hosts, session_timeout=zookeeper_session_timeout),
+            zk.make_client(hosts, session_timeout=zookeeper_session_timeout,
+                           settings=zk.settings_from_kwargs(kw)),
             zookeeper_timeout)
         try:
             self._view = ClusterView(self._zk, self.zookeeper_path)
             self._view.wait_ready(zookeeper_timeout)
             snapshot = self._view.snapshot
-            addresses = self._wanted(snapshot)
+            first = route(snapshot, self._mode)
             if not snapshot.exists:
                 logger.warning("%s: the path %s does not exist in ZooKeeper"
                                " (yet); waiting for servers to register",
                                url, self.zookeeper_path)
-            elif not addresses:
-                logger.warning("%s: no ZEO server is registered (yet); "
-                               "waiting for one", url)
-            kw.setdefault("_client_factory", _FailoverClientThread)
-            ClientStorage.__init__(self, addresses, *args, wait=False, **kw)
+            elif not first.addresses:
+                logger.warning("%s: %s; waiting", url, first.sentence)
+            else:
+                logger.info("%s: %s", url, first.sentence)
+            ClientStorage.__init__(self, list(first.addresses), *args,
+                                   wait=False,
+                                   **_zeo_compat.with_our_client_thread(kw))
+            _zeo_compat.client_io(self).start_routing(self._route, url,
+                                                      first.sentence)
             self._view.on_change = self._servers_changed
-            self._servers_changed(self._view.snapshot)
+            # What changed between the first look and the watch.
+            self._servers_changed(None)
             if wait:
-                self._wait()
+                _zeo_compat.wait_connected(self)
         except BaseException:
             self._close_zookeeper()
             server = getattr(self, "_server", None)
@@ -128,51 +101,52 @@ class ZooKeeperClientStorage(ClientStorage):
                 server.close()
             raise
 
-    def _wanted(self, snapshot):
-        if self._mode == FALLBACK and not self._failing_over and \
-                snapshot.primary is not None:
-            # ZEO would keep whichever server answers first, maybe a
-            # secondary: while the primary is there, only the primary.
-            return snapshot.addresses(WRITE)
-        return snapshot.addresses(self._mode)
-
     def _servers_changed(self, snapshot):
-        addresses = self._wanted(snapshot)
-        primary = snapshot.primary
-        leader = ((primary.address, snapshot.state.epoch, primary.role,
-                   primary.writable) if primary else None)
-        # A new primary can leave the list as it was (it was a secondary in
-        # it already); a fallback client connected read-only must still be
-        # told, or ZEO never tries for a writable connection again.
-        new_leader = leader is not None and \
-            leader != getattr(self, "_zk_leader", None)
-        self._zk_leader = leader
-        if addresses != getattr(self, "_zk_addresses", None) or (
-                new_leader and self._mode == FALLBACK):
-            self._zk_addresses = addresses
-            logger.info("%s: ZEO servers %s", self.zookeeper_url,
-                        ", ".join("%s:%s" % a for a in addresses) or "none")
-            self.new_addr(addresses)
+        # kazoo's event thread: hand over, never wait.
+        _zeo_compat.call_soon_in_io_thread(
+            self, _zeo_compat.client_io(self).reroute)
 
-    def notify_disconnected(self):
-        # On ZEO's IO thread.  A fallback client that loses its server
-        # tries every registered server at once, without waiting for
-        # ZooKeeper to notice (a dead primary's node lives until its
-        # session expires).
-        ClientStorage.notify_disconnected(self)
-        if self._mode == FALLBACK and not self._failing_over:
-            self._failing_over = True
-            addresses = self._view.snapshot.addresses(FALLBACK)
-            self._zk_addresses = addresses
-            self._addr = addresses
-            # ZEO reconnects with these right after this call returns; its
-            # new_addrs() would wait for this very thread.
-            self._server.client.addrs = addresses
+    def _route(self, current, lost):
+        # IO thread: the newest snapshot, and this client's connection.
+        return route(self._view.snapshot, self._mode, current, lost)
+
+    @property
+    def _zk_addresses(self):
+        """The addresses this client uses now."""
+        return list(_zeo_compat.client_io(self).addrs)
 
     def notify_connected(self, conn, info):
+        # IO thread, before callers may use the new connection.
         ClientStorage.notify_connected(self, conn, info)
-        if self._failing_over and not conn.is_read_only():
-            self._failing_over = False
+        with self._oid_lock:
+            self._connections += 1
+        if not conn.is_read_only():
+            conn.lost = None
+        elif self._mode == FALLBACK:
+            # Read-only: should it try for a writable one now (and again)?
+            _zeo_compat.call_soon_in_io_thread(
+                self, _zeo_compat.client_io(self).reroute)
+
+    def new_oid(self):
+        """A new oid, from a block the *current* server handed out.
+
+        ZEO keeps a block of new oids from the server; after a failover the
+        new primary hands the old primary's block out again (conflicts on
+        objects nobody touched).  So a block serves only the connection it
+        came from.
+        """
+        if _zeo_compat.read_only_now(self):
+            raise ReadOnlyError()
+        while True:
+            with self._oid_lock:
+                connection = self._connections
+                if self._oid_block and self._oid_block_of == connection:
+                    return self._oid_block.pop()
+            block = _zeo_compat.new_oids(self)
+            with self._oid_lock:
+                if connection == self._connections:
+                    self._oid_block = list(reversed(block))
+                    self._oid_block_of = connection
 
     def _close_zookeeper(self):
         view = getattr(self, "_view", None)
