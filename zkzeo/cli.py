@@ -371,6 +371,8 @@ def parser():
     resume.set_defaults(func=cmd_resume)
     from .monitoring import add_commands
     add_commands(sub)
+    from . import pack
+    pack.add_command(sub)
     return p
 
 
