@@ -129,3 +129,14 @@ def _last_tid(capsys, url, name):
         if s["name"] == name:
             return s["last_tid"]
     return None
+
+
+def test_zkzeo_pack_without_a_registered_primary_fails_clearly(
+        cluster, zk_url, capsys):
+    s1 = cluster("s1")
+    cluster("s2")
+    s1.stop()
+    status, out = zkzeo_command(capsys, "pack", zk_url, "--days", "1")
+    assert status == 1
+    assert "no primary is registered" in out.err
+    assert "nothing was packed" in out.err
