@@ -27,6 +27,7 @@ secondary shares the source's history, was packed away, or diverged.
 import enum
 import json
 import logging
+import math
 import os
 import time
 from collections import namedtuple
@@ -62,6 +63,21 @@ class PackState(namedtuple("PackState", "time stop last_tid last_digest")):
 def stop_tid(t):
     """The tid FileStorage.pack packs up to for time ``t`` (its formula)."""
     return TimeStamp(*time.gmtime(t)[:5] + (t % 60,)).raw()
+
+
+def not_after(t, tid):
+    """``t``, or the latest time not after transaction ``tid`` when ``t``
+    is later: a pack time past the last transaction would pack the
+    transactions committed *while* the pack runs on a secondary (which packs
+    later, with them in its file) but not on the primary (which had them
+    after the position where its pack started)."""
+    limit = TimeStamp(tid).timeTime()
+    if t <= limit:
+        return t
+    t = limit
+    while stop_tid(t) > tid:
+        t = math.nextafter(t, -math.inf)
+    return t
 
 
 def state_path(storage):
@@ -102,6 +118,8 @@ def pack(storage, t, gc=None, record=None):
     ``record``, the source's state, for a secondary); return the
     PackState.  ``gc`` None means the storage's own pack-gc setting."""
     last = storage.lastTransaction()
+    if record is None and last != b"\0" * 8:
+        t = not_after(t, last)
     digest = transaction_digest(storage, last)
     if gc is None:
         storage.pack(t, referencesf)

@@ -224,8 +224,9 @@ class Follower:
     copy of its source's file, which ``install`` puts in its place.
     With ``start_over() -> storage`` (a secondary whose position was packed
     away on its source), the storage's files are kept aside and an empty
-    one takes their place, to take a byte copy.  ``pack(state) ->
-    storage`` packs the storage as its source was (a PACK message).
+    one takes their place, to take a byte copy.  ``pack(state, copied) ->
+    storage`` packs the storage as its source was (a PACK message), or
+    with ``copied`` only records that its byte copy is packed so.
     """
 
     def __init__(self, storage, source_address, committed, install=None,
@@ -690,12 +691,12 @@ class Follower:
         own = packs.read_state(self.storage)
         if own is not None and own.stop >= state.stop:
             return
-        if copied:
-            packs.write_state(self.storage, state)
-            return
         if self.pack is None:
             log.warning("the source was packed up to %s; this storage "
                         "cannot be packed alike", state.stop.hex())
+            return
+        if copied:
+            self.storage = self.pack(state, copied=True)
             return
         if last_tid < state.last_tid:
             raise PackedAway(

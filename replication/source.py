@@ -344,6 +344,7 @@ class Source:
         def reset():
             with self._lock:
                 self.storage = storage
+                self.pack_state = packs.read_state(storage)
                 self._tail = Tail(storage)
                 self._clear_recent()
                 self._last_tid = self._tail.at_end()
@@ -357,8 +358,7 @@ class Source:
         """The storage was packed (``state``, a packs.PackState): its file
         was rewritten, so read it afresh, and have every secondary connect
         again, to be told to pack alike (PACK after WELCOME)."""
-        self.pack_state = state
-        self.reset(self.storage)
+        self.reset(self.storage)     # reads ``state`` from its file
 
     def _clear_recent(self):
         self._recent, self._recent_tids, self._recent_bytes = [], [], 0

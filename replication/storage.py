@@ -545,12 +545,17 @@ class ReplicatedStorage(StorageProxy):
         return self._replace_base(lambda old: snapshot.start_over(
             old, self._reopen, move_blobs=self.replicate_blobs))
 
-    def _pack_replica(self, state):
+    def _pack_replica(self, state, copied=False):
         # In a thread of the replication hub (the follower waits): pack as
-        # the source did.
-        packs.pack(self.base, state.time, record=state)
-        if self.source is not None:
-            self.source.packed(state)    # a chain: ours pack alike
+        # the source did, or (a byte copy of its packed file) record it.
+        if copied:
+            packs.write_state(self.base, state)
+            if self.source is not None:
+                self.source.pack_state = state   # for when we are primary
+        else:
+            packs.pack(self.base, state.time, record=state)
+            if self.source is not None:
+                self.source.packed(state)    # a chain: ours pack alike
         return self.base
 
     def _replace_base(self, replace):

@@ -81,7 +81,8 @@ def test_repozo_from_a_secondary_and_a_new_cluster_from_the_restore(
         writer.start()
         try:
             repozo("-B", "-F", "-z", "-r", str(backups), "-f", s2.path)
-            repozo("-B", "-z", "-r", str(backups), "-f", s2.path)  # incremental
+            # and an incremental one
+            repozo("-B", "-z", "-r", str(backups), "-f", s2.path)
         finally:
             stop.set()
             writer.join(60)

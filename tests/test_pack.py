@@ -123,6 +123,19 @@ def test_an_offline_secondary_after_the_pack_time_packs_itself(cluster):
     db.close()
 
 
+def test_a_copy_of_a_packed_primary_knows_it_is_packed(cluster):
+    # A secondary that took a byte copy of a packed file serves its own
+    # secondaries (now, or once promoted) knowing that pack.
+    primary = cluster.primary()
+    db = ZODB.DB(primary)
+    churn(db, 5)
+    pack_now(db)
+    secondary = cluster.secondary(primary, replicate_to="127.0.0.1:0")
+    wait_following_and_packed(secondary, primary)
+    assert secondary.source.pack_state == packs.read_state(primary.base)
+    db.close()
+
+
 def test_a_catching_up_secondary_ends_packed_alike(cluster):
     primary = cluster.primary()
     db = ZODB.DB(primary)
@@ -166,6 +179,16 @@ def test_a_secondary_cannot_be_packed_by_a_client(cluster):
     with pytest.raises(ReadOnlyError):
         secondary.pack(time.time(), None)
     db.close()
+
+
+def test_a_pack_time_past_the_last_transaction_packs_up_to_it():
+    from ZODB.TimeStamp import TimeStamp
+    last = TimeStamp(2026, 11, 29, 3, 0, 12.345678).raw()
+    t = packs.not_after(time.time() + 3600, last)
+    assert packs.stop_tid(t) <= last
+    assert last.hex() >= packs.stop_tid(t).hex() > \
+        TimeStamp(2026, 11, 29, 3, 0, 12.3456).raw().hex()
+    assert packs.not_after(1000.0, last) == 1000.0
 
 
 T = [b"\0" * 7 + bytes([i]) for i in range(8)]

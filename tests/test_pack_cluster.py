@@ -39,7 +39,7 @@ def all_following(capsys, url, names):
     return all(now.get(n) == "following" for n in names) and now
 
 
-def assert_all_same(servers):
+def assert_all_same(servers, fewer_than):
     for s in servers:
         s.stop()
     storages = [FileStorage(s.path, blob_dir=s.blobs, read_only=True)
@@ -47,9 +47,8 @@ def assert_all_same(servers):
     try:
         for other in storages[1:]:
             assert_same_history(storages[0], other)
-        # and packed: the oldest transaction was packed away everywhere
-        for fs in storages:
-            assert next(fs.iterator()).status == "p"
+        # and packed: transactions before the pack time are gone
+        assert len(list(storages[0].iterator())) < fewer_than
     finally:
         for fs in storages:
             fs.close()
@@ -92,7 +91,7 @@ def test_zkzeo_pack_by_url_with_one_secondary_following_one_offline(
                      f"{s.name} to have the last commit")
     finally:
         db.close()
-    assert_all_same([s1, s2, s3])
+    assert_all_same([s1, s2, s3], fewer_than=10)   # of 17
 
 
 def test_stock_zeopack_on_the_primary_address(cluster, tree, zk_url,
@@ -120,7 +119,7 @@ def test_stock_zeopack_on_the_primary_address(cluster, tree, zk_url,
                  "s2 to follow with the last commit")
     finally:
         db.close()
-    assert_all_same([s1, s2])
+    assert_all_same([s1, s2], fewer_than=5)        # of 9
 
 
 def _last_tid(capsys, url, name):
