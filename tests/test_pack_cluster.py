@@ -139,3 +139,36 @@ def test_zkzeo_pack_without_a_registered_primary_fails_clearly(
     assert status == 1
     assert "no primary is registered" in out.err
     assert "nothing was packed" in out.err
+
+
+def test_zkzeo_pack_while_a_secondary_is_behind(cluster, zk_url, tmp_path,
+                                                capsys):
+    # s2 is connected but behind when the primary packs: paused (SIGSTOP)
+    # while the primary commits, so its stream waits in its socket.
+    s1 = cluster("s1")
+    s2 = cluster("s2")
+    db = cluster_db(zk_url, tmp_path)
+    try:
+        churn(db, 4)
+        wait_for(lambda: all_following(capsys, zk_url, ["s2"]),
+                 "s2 to follow")
+        s2.pause()
+        try:
+            churn(db, 6, start=4)
+            status, out = zkzeo_command(capsys, "pack", zk_url, "--days",
+                                        "0", "--timeout", "1")
+            # It cannot follow again while paused: the command says so.
+            assert status == 1
+            assert "s2 did not follow again" in out.err
+        finally:
+            s2.resume()
+        wait_for(lambda: all_following(capsys, zk_url, ["s2"]),
+                 "s2 to follow again")
+        assert "divergent" not in s2.output()
+        churn(db, 2, start=10)
+        last = db.storage.lastTransaction()
+        wait_for(lambda: _last_tid(capsys, zk_url, "s2") == last.hex(),
+                 "s2 to have the last commit")
+    finally:
+        db.close()
+    assert_all_same([s1, s2], fewer_than=5)        # of 13
