@@ -62,11 +62,12 @@ Pack: a source that was packed (``replication/packs.py``) answers REFUSE with
 code ``PACKED_AWAY`` when the secondary's last tid is not in its history (or
 differs) but is not after its pack time: pack removed or rewrote that
 transaction; the secondary keeps its file aside and takes a byte copy.
-Otherwise, right after WELCOME (or after a byte copy's SNAPSHOT_END), and
-live after a pack, it sends PACK(time, stop, last tid at the pack and its
-digest before the pack) so the
-secondary packs itself to the same time, or starts over from a byte copy if
-it cannot (its last tid is before the source's at the pack).
+Otherwise, right after WELCOME (or after a byte copy's SNAPSHOT_END), it
+sends PACK(time, stop, last tid at the pack and that transaction's digest
+before the pack); the secondary packs itself to the same time, or starts
+over from a byte copy when it cannot (its last tid is before the source's
+at the pack).  A pack closes every connection, so each secondary hears of
+it when it connects again.
 
 Transactions
 ============
