@@ -66,17 +66,19 @@ def stop_tid(t):
 
 
 def not_after(t, tid):
-    """``t``, or the latest time not after transaction ``tid`` when ``t``
-    is later: a pack time past the last transaction would pack the
-    transactions committed *while* the pack runs on a secondary (which packs
-    later, with them in its file) but not on the primary (which had them
-    after the position where its pack started)."""
+    """``t``, or, when ``t`` is later than transaction ``tid``, the earliest
+    time whose stop tid is not before ``tid`` (a float cannot always name
+    ``tid`` exactly; it is at most a fraction of a microsecond after it).
+    A pack time far past the last transaction would pack the transactions
+    committed *while* the pack runs on a secondary (which packs later, with
+    them in its file) but not on the primary (which had them after the
+    position where its pack started)."""
     limit = TimeStamp(tid).timeTime()
     if t <= limit:
         return t
     t = limit
-    while stop_tid(t) > tid:
-        t = math.nextafter(t, -math.inf)
+    while stop_tid(t) < tid:
+        t = math.nextafter(t, math.inf)
     return t
 
 
