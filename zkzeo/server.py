@@ -82,8 +82,8 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
         check_configuration(self.options)
         self.zk = zk.start_patiently(zk.make_client(
             config.connection, session_timeout=config.session_timeout,
-            auth=config.auth, acl=config.acl))
-        self.zk.ensure_path(config.path)
+            settings=config.settings))
+        zk.ensure_cluster_path(self.zk, config.path)
         self.view = ClusterView(self.zk, config.path)
         self.view.wait_ready(30)
         self.role, self.epoch = self._decide_role(config)

@@ -68,7 +68,8 @@ class ZooKeeperClientStorage(ClientStorage):
         self._oid_block_of = None
         self._connections = 0
         self._zk = zk.start(
-            zk.make_client(hosts, session_timeout=zookeeper_session_timeout),
+            zk.make_client(hosts, session_timeout=zookeeper_session_timeout,
+                           settings=zk.settings_from_kwargs(kw)),
             zookeeper_timeout)
         try:
             self._view = ClusterView(self._zk, self.zookeeper_path)
