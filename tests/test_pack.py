@@ -6,6 +6,7 @@ import time
 
 import pytest
 import ZODB
+import ZODB.serialize
 
 from replication import packs
 from replication.secondary import State
@@ -188,6 +189,25 @@ def test_a_pack_time_past_the_last_transaction_packs_up_to_it():
     assert last <= packs.stop_tid(t) < \
         TimeStamp(2026, 11, 29, 3, 0, 12.345679).raw()
     assert packs.not_after(1000.0, last) == 1000.0
+
+
+def test_filestorage_packs_up_to_the_stop_tid_we_compute(tmp_path):
+    # Canary: secondaries pack to the same point only if packs.stop_tid is
+    # FileStorage's own formula for a pack time.
+    from ZODB.FileStorage import FileStorage
+    fs = FileStorage(str(tmp_path / "Data.fs"))
+    db = ZODB.DB(fs)
+    try:
+        tids = [commit(db, x=i) for i in range(3)]
+        t = packs.not_after(time.time() + 60, tids[1])
+        assert tids[1] <= packs.stop_tid(t) < tids[2]
+        fs.pack(t, ZODB.serialize.referencesf)
+        kept = [(txn.tid, txn.status) for txn in fs.iterator()]
+        # up to tids[1] packed (status "p"), tids[2] as it was
+        assert kept[-2:] == [(tids[1], "p"), (tids[2], " ")]
+        assert tids[0] not in [tid for tid, _ in kept]
+    finally:
+        db.close()
 
 
 T = [b"\0" * 7 + bytes([i]) for i in range(8)]
