@@ -25,6 +25,11 @@ def test_check_reports_a_killed_secondary(cluster, zk_url, zk_path,
     cluster("s1")
     s2 = cluster("s2")
     cluster("s3")
+    tree = Tree(zookeeper.address, zk_path)
+    wait_for(lambda: [v.get("replication_state") for v in
+                      tree.by_name().values()].count("following") == 2,
+             "both secondaries to follow")
+    tree.close()
     status, out = check(zk_url, "--secondaries-warning", "2", capsys=capsys)
     assert status == OK, out
     assert out.startswith("ZKZEO OK - primary s1, epoch 1, 2 secondaries")
