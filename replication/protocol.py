@@ -88,6 +88,17 @@ transaction with that tid has the same digest; otherwise it answers REFUSE
 with code ``DIVERGENT`` and the secondary stops replicating (its data is
 never overwritten).  A tid of eight zero bytes means "empty: send everything".
 
+Pack: a source that was packed (``replication/packs.py``) answers REFUSE with
+code ``PACKED_AWAY`` when the secondary's last tid is not in its history (or
+differs) but is not after its pack time: pack removed or rewrote that
+transaction; the secondary keeps its file aside and takes a byte copy.
+Otherwise, right after WELCOME (or after a byte copy's SNAPSHOT_END), it
+sends PACK(time, stop, last tid at the pack and that transaction's digest
+before the pack); the secondary packs itself to the same time, or starts
+over from a byte copy when it cannot (its last tid is before the source's
+at the pack).  A pack closes every connection, so each secondary hears of
+it when it connects again.
+
 Transactions
 ============
 ``TXN`` carries the transaction metadata (tid, status, user, description and
@@ -133,13 +144,15 @@ Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
     SNAPSHOT   tid:8 length:u64
     BLOBFILE   oid:8 serial:8 size:u64
     SNAPSHOT_END tid:8 digest:32
+    PACK       time:f64 stop:8 last_tid:8 last_digest:32
 """
 import hashlib
 import struct
 from collections import namedtuple
 
 MAGIC = b"ZKZR"
-VERSION = 3         # 2: WELCOME has flags; 3: AUTH, CHALLENGE, PROOF
+VERSION = 4         # 2: WELCOME has flags; 3: AUTH, CHALLENGE, PROOF;
+                    # 4: PACK, PACKED_AWAY
 PREAMBLE = struct.Struct(">4sH")
 PREAMBLE_SIZE = PREAMBLE.size
 
@@ -181,8 +194,10 @@ DIVERGENT = 2
 STALE_EPOCH = 3
 NOT_READY = 4
 NOT_AUTHENTICATED = 5
+PACKED_AWAY = 6     # the secondary's position was removed by a pack
 
 REFUSE_NAMES = {UNSUPPORTED_VERSION: "unsupported version",
+                PACKED_AWAY: "packed away",
                 DIVERGENT: "divergent history",
                 STALE_EPOCH: "stale epoch",
                 NOT_READY: "not ready",
@@ -263,6 +278,10 @@ Ack = _message("Ack", ord("A"), "tid", "8s")
 Snapshot = _message("Snapshot", ord("S"), "tid length", "8sQ")
 BlobFile = _message("BlobFile", ord("F"), "oid serial size", "8s8sQ")
 SnapshotEnd = _message("SnapshotEnd", ord("Z"), "tid digest", "8s32s")
+# The float ``time`` as given to FileStorage.pack (the same float gives the
+# same ``stop`` tid), and the source's last tid when it packed.
+Pack = _message("Pack", ord("P"), "time stop last_tid last_digest",
+                "d8s8s32s")
 
 
 class Hello(namedtuple("Hello", "epoch tid digest flags name")):
@@ -418,8 +437,9 @@ class FileTxn(namedtuple("FileTxn", "tid pos digest data")):
         return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
-MESSAGES = (Auth, Challenge, Proof, Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack,
-            Snapshot, BlobFile, SnapshotEnd, FileTxn)
+MESSAGES = (Auth, Challenge, Proof, Hello, Welcome, Refuse, Txn, Record,
+            Chunk, End, Heartbeat, Ack, Snapshot, BlobFile, SnapshotEnd,
+            FileTxn, Pack)
 DECODERS = {m.TAG: m for m in MESSAGES}
 
 

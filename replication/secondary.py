@@ -22,6 +22,7 @@ States (``Follower.state``, changed only by ``_set_state``)::
         ^                          |                                   |
         +----- connection lost ----+-----------------------------------+
     any --divergent history--> DIVERGED
+    any --position packed away on the source--> (files kept aside) CONNECTING
     any --stop(), or a handshake that cannot work--> STOPPED
 
 CATCHING_UP means connected but not yet at the last transaction the source
@@ -42,11 +43,11 @@ import ZODB.blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 
-from . import auth, handshake, protocol
+from . import auth, handshake, packs, protocol
 from .address import format_address, parse_address
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
-                       Snapshot, BlobFile, SnapshotEnd, FileTxn,
+                       Snapshot, BlobFile, SnapshotEnd, FileTxn, Pack,
                        HAS_DATA, IS_BLOB, BLOB_SENT, HAS_DATA_TXN)
 from .fsynchooks import fsync_deferred
 from .records import is_blob_storage, parse_committed, transaction_digest
@@ -77,6 +78,11 @@ class CannotFollow(Exception):
 
 class Diverged(Exception):
     """The source refused us because our history differs from its own."""
+
+
+class PackedAway(Exception):
+    """Our position was packed away on the source (see packs.py): not
+    divergence; a fresh copy of the source's file is the way on."""
 
 
 class StaleSource(ProtocolError):
@@ -216,10 +222,16 @@ class Follower:
     ``fsynchooks.py``).  With
     ``install(path, blobs) -> storage``, an empty storage accepts a byte
     copy of its source's file, which ``install`` puts in its place.
+    With ``start_over() -> storage`` (a secondary whose position was packed
+    away on its source), the storage's files are kept aside and an empty
+    one takes their place, to take a byte copy.  ``pack(state, copied) ->
+    storage`` packs the storage as its source was (a PACK message), or
+    with ``copied`` only records that its byte copy is packed so.
     """
 
     def __init__(self, storage, source_address, committed, install=None,
                  rewind=None, invalidate=lambda tid, oids: None,
+                 start_over=None, pack=None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, seen_epoch=lambda epoch: None,
                  reconnect_min=0.1, reconnect_max=5.0, hub=None,
@@ -232,6 +244,8 @@ class Follower:
         self.invalidate = invalidate
         self.install = install
         self.rewind = rewind
+        self.start_over = start_over
+        self.pack = pack
         self.keep_alive_delay = keep_alive_delay
         self.want_blobs = want_blobs and is_blob_storage(storage)
         self.blob_dir = getattr(storage, "blob_dir", None) if \
@@ -336,6 +350,11 @@ class Follower:
             self._sock = sock
             try:
                 self._session(sock, log)
+            except PackedAway as e:
+                sock.close()
+                if self._start_over(e, log):
+                    continue
+                return
             except Diverged as e:
                 sock.close()
                 if self.rewind is not None:
@@ -346,6 +365,11 @@ class Follower:
                                         "transaction %s", e, common.hex())
                             self.storage = self.rewind(common)
                             continue
+                    except PackedAway as packed:
+                        # The common part is packed away on the source.
+                        if self._start_over(packed, log):
+                            continue
+                        return
                     except Exception:
                         log.exception("rewind failed")
                 self._set_state(State.DIVERGED, str(e))
@@ -403,6 +427,23 @@ class Follower:
                 min(delay * 2, self.reconnect_max)
             gevent.sleep(delay)
 
+    def _start_over(self, e, log):
+        """Our position was packed away: keep our files aside and take a
+        byte copy.  False (and stopped) when this storage cannot."""
+        if self.start_over is not None:
+            try:
+                log.warning("%s; keeping this secondary's files aside and "
+                            "taking a fresh copy of the source's", e)
+                self.storage = self.start_over()
+                return True
+            except Exception:
+                log.exception("could not set this secondary's files aside")
+        self._set_state(State.STOPPED, str(e))
+        log.critical("replication stopped: %s. This secondary's data was "
+                     "left as it is. Rebuild it from the source: move its "
+                     "Data.fs (and blob directory) aside and restart it.", e)
+        return False
+
     def _wait_to_retry(self, problem, log, delay):
         """Record why we are not following, say it once (repeating it every
         few seconds helps nobody), wait; return the next, longer delay."""
@@ -454,6 +495,8 @@ class Follower:
             reason = protocol.REFUSE_NAMES.get(answer.code, answer.code)
             if answer.code == protocol.DIVERGENT:
                 raise Diverged(f"divergent history: {answer.message}")
+            if answer.code == protocol.PACKED_AWAY:
+                raise PackedAway(answer.message)
             if answer.code == protocol.STALE_EPOCH:
                 raise StaleSource(f"source refused: {answer.message}")
             raise ProtocolError(f"source refused: {reason}: "
@@ -498,6 +541,9 @@ class Follower:
                 sock.close()
             if isinstance(answer, Welcome):
                 return tid
+            if isinstance(answer, Refuse) and \
+                    answer.code == protocol.PACKED_AWAY:
+                raise PackedAway(answer.message)
             if not (isinstance(answer, Refuse) and
                     answer.code == protocol.DIVERGENT):
                 raise ProtocolError(f"unexpected answer {answer!r}")
@@ -508,6 +554,7 @@ class Follower:
     def _receive(self, sock, reader, log):
         pending = None       # PendingTransaction being received
         snapshot = None      # SnapshotReceiver while a byte copy arrives
+        copied = False       # a byte copy was installed in this session
         last_tid = self._acked = self.storage.lastTransaction()
         # What an earlier process applied may never have been fsynced.
         self._unsynced = True
@@ -578,12 +625,19 @@ class Follower:
                     if snapshot is None:
                         raise ProtocolError("BLOBFILE outside a snapshot")
                     snapshot.blob_file(message)
+                elif isinstance(message, Pack):
+                    if pending is not None or snapshot is not None:
+                        raise ProtocolError("PACK inside a transaction")
+                    self._packed_on_source(
+                        packs.PackState(*message), last_tid, copied, sock,
+                        log)
                 elif isinstance(message, SnapshotEnd):
                     if snapshot is None:
                         raise ProtocolError("SNAPSHOT_END outside a snapshot")
                     path, blobs = snapshot.finish(message)
                     snapshot = None
                     self.storage = self.install(path, blobs)
+                    copied = True
                     last_tid = self.storage.lastTransaction()
                     if last_tid != message.tid:
                         raise RuntimeError(
@@ -613,6 +667,38 @@ class Follower:
             except OSError as e:
                 log.error("could not fsync %s: %s", self.storage.getName(),
                           e)
+
+    def _packed_on_source(self, state, last_tid, copied, sock, log):
+        """The source was packed (``state``): pack alike, unless that was
+        done already or our copy of its file is packed already.  A pack
+        gives the same file only from the same transactions up to the
+        source's last one at its pack: with fewer, start over."""
+        own = packs.read_state(self.storage)
+        if own is not None and own.stop >= state.stop:
+            return
+        if self.pack is None:
+            log.warning("the source was packed up to %s; this storage "
+                        "cannot be packed alike", state.stop.hex())
+            return
+        if copied:
+            self.storage = self.pack(state, copied=True)
+            return
+        if last_tid < state.last_tid:
+            raise PackedAway(
+                f"the source was packed up to {state.stop.hex()} at its "
+                f"transaction {state.last_tid.hex()}, after this "
+                f"secondary's last one {last_tid.hex()}")
+        log.info("the source was packed up to %s; packing alike",
+                 state.stop.hex())
+        # Packing takes a while: in a thread, while we keep ACKing so the
+        # source does not give up on us.
+        packing = gevent.get_hub().threadpool.spawn(self.pack, state)
+        while not packing.ready():
+            packing.wait(self.keep_alive_delay)
+            if not packing.ready():
+                self._send(sock, Ack(last_tid))
+        self.storage = packing.get()
+        log.info("packed up to %s, as the source", state.stop.hex())
 
     def make_durable(self):
         """fsync what was applied since the last time (see fsynchooks)."""

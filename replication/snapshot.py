@@ -260,3 +260,29 @@ def _fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def start_over(storage, reopen, move_blobs=True):
+    """Put the FileStorage ``storage``'s files aside, as
+    ``Data.fs.packed-away-TID`` (TID: its last transaction) and the blob
+    directory likewise, and reopen an empty storage in their place, ready
+    for a byte copy.  Nothing is deleted.  With ``move_blobs`` false (a
+    blob directory shared with the source) the blob directory stays."""
+    path = storage.getName()
+    blob_dir = getattr(storage, "blob_dir", None)
+    aside = f"{path}.packed-away-{storage.lastTransaction().hex()}"
+    storage.close()
+    os.replace(path, aside)
+    for suffix in (".index", ".tmp", ".packed"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    if blob_dir and move_blobs and os.path.exists(blob_dir):
+        os.replace(blob_dir, aside + ".blobs")
+    # Created without the blob directory: FileStorage empties the blob
+    # directory of a Data.fs it creates.
+    FileStorage(path, create=True).close()
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    logger.warning("%s was put aside as %s%s; an empty one replaces it",
+                   path, aside, f" (blobs in {aside}.blobs)"
+                   if blob_dir and move_blobs else "")
+    return reopen()

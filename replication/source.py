@@ -36,14 +36,14 @@ import gevent.event
 import gevent.server
 import gevent.socket
 
-from . import auth, fsynchooks, handshake, protocol
+from . import auth, fsynchooks, handshake, packs, protocol
 from .address import format_address, parse_address
 from .handshake import AuthenticationError, HandshakeTimeout
 from .hub import get_hub
 from .logs import PeerLog
 from .outbox import MAX_BACKLOG, Outbox
 from .protocol import (ProtocolError, Welcome, Refuse, Heartbeat, Ack,
-                       Chunk, Z64)
+                       Chunk, Pack, Z64)
 from .tls import peer_name
 from .snapshot import can_snapshot, send_snapshot
 from .records import BlobRef, Tail, encode_file_transaction, \
@@ -121,6 +121,8 @@ class Source:
         self._prepare_wakeup = None
         self._unhook = None
         self._tail = Tail(storage)
+        # The last pack of the storage (see packs.py), or None.
+        self.pack_state = packs.read_state(storage)
 
     # --- called from any thread -----------------------------------------
 
@@ -353,6 +355,7 @@ class Source:
         def reset():
             with self._lock:
                 self.storage = storage
+                self.pack_state = packs.read_state(storage)
                 self._tail = Tail(storage)
                 self._clear_recent()
                 self._last_tid = self._tail.at_end()
@@ -361,6 +364,12 @@ class Source:
                     s.following = False
                     s.out.close()  # they reconnect and are checked again
         self.hub.call(reset)
+
+    def packed(self, state):
+        """The storage was packed (``state``, a packs.PackState): its file
+        was rewritten, so read it afresh, and have every secondary connect
+        again, to be told to pack alike (PACK after WELCOME)."""
+        self.reset(self.storage)     # reads ``state`` from its file
 
     def _clear_recent(self):
         self._recent, self._recent_tids, self._recent_bytes = [], [], 0
@@ -507,6 +516,9 @@ class Source:
                     sock, self.storage,
                     self.send_blobs and hello.flags & protocol.WANT_BLOBS,
                     log)
+            if self.pack_state is not None:
+                # Pack alike (or, after a byte copy, know it is packed).
+                sock.sendall(Pack(*self.pack_state).encode())
             self._send_loop(secondary)
         finally:
             acks.kill()
@@ -529,18 +541,27 @@ class Source:
                           f"the secondary's last transaction "
                           f"{hello.tid.hex()} is newer than this source's "
                           f"last transaction {self._last_tid.hex()}")
-        digest = transaction_digest(self.storage, hello.tid)
-        if digest is None:
+        verdict = packs.history_check(
+            self.pack_state, hello.tid, hello.digest,
+            transaction_digest(self.storage, hello.tid))
+        if verdict is packs.Verdict.SAME:
+            return None
+        if verdict is packs.Verdict.PACKED_AWAY:
+            # Not divergence: the secondary takes a fresh copy.
+            return Refuse(protocol.PACKED_AWAY,
+                          f"the secondary's last transaction "
+                          f"{hello.tid.hex()} was packed away on this "
+                          f"source (packed up to "
+                          f"{self.pack_state.stop.hex()})")
+        if verdict is packs.Verdict.MISSING:
             return Refuse(protocol.DIVERGENT,
                           f"the secondary's last transaction "
                           f"{hello.tid.hex()} is not in this source's "
                           "history (a transaction the source never had, or "
                           "one a pack of the source removed)")
-        if digest != hello.digest:
-            return Refuse(protocol.DIVERGENT,
-                          f"transaction {hello.tid.hex()} differs between "
-                          "the secondary and this source")
-        return None
+        return Refuse(protocol.DIVERGENT,
+                      f"transaction {hello.tid.hex()} differs between "
+                      "the secondary and this source")
 
     def _read_acks(self, secondary, reader):
         """Read ACKs; on any problem record why and close the socket, which

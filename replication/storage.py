@@ -14,7 +14,7 @@ import zope.interface
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
-from . import auth, snapshot
+from . import auth, packs, snapshot
 from .recovery import recover_torn_transaction
 from .secondary import Follower
 from .source import Source
@@ -278,6 +278,8 @@ class ReplicatedStorage(StorageProxy):
             install=self._install_snapshot if self._reopen else None,
             rewind=self._rewind if self._reopen and self.rewind_divergent
             else None,
+            start_over=self._start_over if self._reopen else None,
+            pack=self._pack_replica if self._reopen else None,
             keep_alive_delay=self.keep_alive_delay,
             want_blobs=self.replicate_blobs, name=self.name,
             epoch=lambda: self.epoch, seen_epoch=self._seen_epoch,
@@ -487,6 +489,16 @@ class ReplicatedStorage(StorageProxy):
         self._check_writable()
         return self.base.copyTransactionsFrom(other)
 
+    def pack(self, t, referencesf, gc=None):
+        """Pack a primary; its secondaries pack alike (see packs.py).  A
+        secondary packs only as its source tells it."""
+        self._check_writable()
+        if not snapshot.can_snapshot(self.base):
+            return StorageProxy.pack(self, t, referencesf, gc)
+        state = packs.pack(self.base, t, gc)
+        if self.source is not None:
+            self.source.packed(state)
+
     # --- secondary ----------------------------------------------------------
 
     def _seen_epoch(self, epoch):
@@ -529,6 +541,25 @@ class ReplicatedStorage(StorageProxy):
         # divergent: cut our own tail off (kept aside) and follow again.
         return self._replace_base(
             lambda old: snapshot.rewind(old, common, self._reopen))
+
+    def _start_over(self):
+        # On the replication hub: our position was packed away on the
+        # source; our files go aside, an empty storage takes a byte copy.
+        return self._replace_base(lambda old: snapshot.start_over(
+            old, self._reopen, move_blobs=self.replicate_blobs))
+
+    def _pack_replica(self, state, copied=False):
+        # In a thread of the replication hub (the follower waits): pack as
+        # the source did, or (a byte copy of its packed file) record it.
+        if copied:
+            packs.write_state(self.base, state)
+            if self.source is not None:
+                self.source.pack_state = state   # for when we are primary
+        else:
+            packs.pack(self.base, state.time, record=state)
+            if self.source is not None:
+                self.source.packed(state)    # a chain: ours pack alike
+        return self.base
 
     def _replace_base(self, replace):
         """Swap the base storage for ``replace(old)``, which closes the old

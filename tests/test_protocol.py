@@ -33,6 +33,8 @@ def roundtrip(message):
     End(TID, b"\1" * 32),
     Heartbeat(3, TID),
     Ack(TID),
+    protocol.Pack(1764385200.123456, TID, TID, b"\2" * 32),
+    Refuse(protocol.PACKED_AWAY, "your position was packed away"),
 ])
 def test_every_message_round_trips(message):
     assert roundtrip(message) == message

@@ -375,6 +375,8 @@ def parser():
     resume.set_defaults(func=cmd_resume)
     from .monitoring import add_commands
     add_commands(sub)
+    from . import pack
+    pack.add_command(sub)
     add_connection_options(p, None)
     for command in sub.choices.values():
         # Before or after the command; a command's own copy must not
