@@ -92,6 +92,10 @@ def test_history_is_kept_beside_the_servers(zookeeper, kazoo, zk_path,
     kazoo.set(zk_path, second.to_bytes())
     assert history.record(kazoo, zk_path, first, second, now=2000.5)
     assert not history.record(kazoo, zk_path, first, second)  # once
+    third = second.next_primary("s1")
+    history.record_later(kazoo, zk_path, second, third).join(30)
+    assert [e["epoch"] for e in history.read(kazoo, zk_path)] == [1, 2, 3]
+    kazoo.set(zk_path, third.to_bytes())
     # The children of the path stay exactly the servers' nodes.
     assert kazoo.get_children(zk_path) == []
     status, out, _ = run("history", url, capsys=capsys)
@@ -103,10 +107,11 @@ def test_history_is_kept_beside_the_servers(zookeeper, kazoo, zk_path,
                                 "s1"]
     status, out, _ = run("history", url, "--json", capsys=capsys)
     value = json.loads(out)
-    assert value["epoch"] == 2
+    assert value["epoch"] == 3
     assert [(e["epoch"], e["primary"], e["since"], e["previous"])
-            for e in value["epochs"]] == [(1, "s1", 1000.0, None),
-                                          (2, "s2", 2000.5, "s1")]
+            for e in value["epochs"]][:2] == [(1, "s1", 1000.0, None),
+                                              (2, "s2", 2000.5, "s1")]
+    assert value["epochs"][2]["primary"] == "s1"
     kazoo.set(history.history_path(zk_path), b"not json")
     assert run("history", url, capsys=capsys)[0] == 0   # never in the way
 

@@ -9,12 +9,14 @@ them) and the cluster state is rewritten whole by every compare-and-set::
                  "previous": null}, ...]}
 
 Whoever changes the primary (a server bootstrapping or taking over) calls
-``record`` after its compare-and-set succeeded.  Recording is best effort:
+``record`` (or, from a loop that must not wait on ZooKeeper,
+``record_later``) after its compare-and-set succeeded.  Recording is best effort:
 history is for operators, so a failure is logged and never stops a
 takeover.  Only the last ``KEEP`` epochs are kept (a znode holds 1 MB).
 """
 import json
 import logging
+import threading
 import time
 
 from kazoo.exceptions import (BadVersionError, KazooException,
@@ -92,6 +94,17 @@ def record(zk, path, old_state, new_state, now=None):
         logger.warning("could not record epoch %d of %s in its history "
                        "(%s)", new_state.epoch, path, e.__class__.__name__)
     return False
+
+
+def record_later(zk, path, old_state, new_state):
+    """``record`` in a daemon thread: a server that just took over never
+    waits for its history (the time is taken now)."""
+    now = time.time()
+    thread = threading.Thread(
+        target=record, args=(zk, path, old_state, new_state, now),
+        name="zkzeo-history", daemon=True)
+    thread.start()
+    return thread
 
 
 def _dump(entries):
