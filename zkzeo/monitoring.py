@@ -121,6 +121,7 @@ def check_once(args, connect, deadline, opened):
     opened.append(cluster)
     snapshot = cluster.snapshot()
     require_cluster(snapshot)
+    opened.append(None)          # ZooKeeper answered: the servers now
     probe_timeout = min(5.0, max(0.1, deadline - time.monotonic() - 0.2))
     snapshot, rows = status_rows(cluster, probe_timeout)
     return evaluate(snapshot, rows, args.lag_warning, args.lag_critical,
@@ -133,6 +134,18 @@ def run_check(args, connect, started):
     ``-t`` seconds of ``started`` whatever ZooKeeper or a server does."""
     deadline = started + args.timeout - MARGIN
     result, opened = {}, []
+    # The plugin's one line says what went wrong; kazoo's own lines about
+    # each failed connection attempt would only add noise.
+    kazoo_logger = logging.getLogger("kazoo")
+    kazoo_level = kazoo_logger.level
+    kazoo_logger.setLevel(logging.CRITICAL)
+    try:
+        return _check_within(args, connect, deadline, result, opened)
+    finally:
+        kazoo_logger.setLevel(kazoo_level)
+
+
+def _check_within(args, connect, deadline, result, opened):
 
     def work():
         try:
@@ -150,10 +163,8 @@ def run_check(args, connect, started):
     else:
         status, summary, perfdata = UNKNOWN, (
             f"no answer within {args.timeout:g}s "
-            f"({'the servers' if opened else 'ZooKeeper'} did not answer "
-            "in time)"), ""
-    for cluster in opened:
-        cluster.close(timeout=0.1 if thread.is_alive() else 2.0)
+            f"({'the servers' if None in opened else 'ZooKeeper'} did not "
+            "answer in time)"), ""
     if args.json:
         print(json.dumps({"status": NAMES[status], "code": status,
                           "summary": summary,
@@ -162,6 +173,9 @@ def run_check(args, connect, started):
     else:
         say(f"ZKZEO {NAMES[status]} - {summary}" +
             (f" | {perfdata}" if perfdata else ""))
+    for cluster in opened:
+        if cluster is not None:
+            cluster.close(timeout=0.1 if thread.is_alive() else 0.5)
     return status
 
 
