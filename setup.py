@@ -26,7 +26,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "zope.testing", "manuel", "zc.buildout",
-                 "sphinx", "myst-parser"],
+                 "sphinx", "myst-parser", "pure-sasl"],
+        "sasl": ["pure-sasl"],     # SASL to ZooKeeper (kazoo's library)
     },
     entry_points={
         "console_scripts": [

@@ -308,9 +308,10 @@ SERVER_CONFIG = """\
 
 
 def storage_section(path, replicate_from=None, replicate_to=None,
-                    sync_replicas=0):
+                    sync_replicas=0, extra=""):
     """A ZConfig storage section: a filestorage, wrapped in <replication>
-    when replicate_from or replicate_to is given."""
+    when replicate_from or replicate_to is given; ``extra``: more of the
+    <replication> section (keys, a <replication-ssl> section)."""
     fs = f"<filestorage>\n  path {path}\n</filestorage>"
     if not (replicate_from or replicate_to):
         return fs
@@ -321,6 +322,7 @@ def storage_section(path, replicate_from=None, replicate_to=None,
         keys.append(f"replicate-to {replicate_to}")
     if sync_replicas:
         keys.append(f"sync-replicas {sync_replicas}")
+    keys.extend(extra.splitlines())
     inner = "\n".join("  " + line for line in keys + fs.splitlines())
     return f"<replication 1>\n{inner}\n</replication>"
 
@@ -339,14 +341,14 @@ class ServerProcess:
     running = []                # started and not stopped yet
 
     def __init__(self, workdir, name, replicate_from=None, replicate_to=None,
-                 sync_replicas=0):
+                 sync_replicas=0, extra=""):
         self.name = name
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.path = os.path.join(self.dir, "Data.fs")
         self.log_path = os.path.join(self.dir, "zeo.log")
         section = storage_section(self.path, replicate_from, replicate_to,
-                                  sync_replicas)
+                                  sync_replicas, extra)
         config = os.path.join(self.dir, "zeo.conf")
         with open(config, "w") as f:
             f.write(SERVER_CONFIG.format(
@@ -445,13 +447,12 @@ class ServerProcess:
 SINK = """\
 import socket, sys, time
 from replication import protocol
-from replication.protocol import (Ack, End, FileTxn, Hello, Welcome, Z64,
-                                  NO_DIGEST)
+from replication.protocol import (Ack, Auth, Challenge, End, FileTxn, Hello,
+                                  Proof, Welcome, Z64, NO_DIGEST)
 KEEP_ALIVE = 1.0
 sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-sock.sendall(protocol.preamble() + Hello(0, Z64, NO_DIGEST, 0,
-                                         "sink").encode())
+sock.sendall(protocol.preamble() + Auth(bytes(32)).encode())
 reader = protocol.FrameReader()
 buf = b""
 def receive():
@@ -463,6 +464,13 @@ while len(buf) < protocol.PREAMBLE_SIZE:
     buf += receive()
 protocol.parse_preamble(buf[:protocol.PREAMBLE_SIZE])
 reader.feed(buf[protocol.PREAMBLE_SIZE:])
+while (challenge := reader.next()) is None:
+    reader.feed(receive())
+if not isinstance(challenge, Challenge):
+    sys.exit(f"sink: expected CHALLENGE, got {challenge!r}")
+# A source without a shared secret: no proof needed.
+sock.sendall(Proof(bytes(32)).encode() +
+             Hello(0, Z64, NO_DIGEST, 0, "sink").encode())
 while (welcome := reader.next()) is None:
     reader.feed(receive())
 if not isinstance(welcome, Welcome):

@@ -4,5 +4,7 @@
 to ``SecondaryStorage`` replicas, which apply them atomically, pass the
 invalidations to their own clients and can feed further secondaries.
 """
+from .auth import Security, read_secret  # noqa: F401
 from .storage import (PrimaryStorage, ReplicatedStorage, Role,  # noqa: F401
                       SecondaryStorage)
+from .tls import TLS  # noqa: F401

@@ -6,6 +6,7 @@ import os
 import ZConfig
 from ZODB.FileStorage import FileStorage
 
+from . import auth, tls
 from .address import AddressError, parse_address
 from .recovery import recover_torn_transaction
 from .storage import ReplicatedStorage
@@ -41,6 +42,18 @@ class ReplicationConfig:
             raise ZConfig.ConfigurationError(
                 "sync-replicas is a primary's setting; this section has "
                 "replicate-from, which makes it a secondary")
+        if config.max_connections < 1 or config.handshake_timeout <= 0:
+            raise ZConfig.ConfigurationError(
+                "max-connections and handshake-timeout must be positive")
+        try:
+            self.security = auth.Security(
+                tls=tls.from_config(config.ssl),
+                secret=auth.read_secret(config.secret_file)
+                if config.secret_file else None,
+                max_connections=config.max_connections,
+                handshake_timeout=config.handshake_timeout)
+        except ValueError as e:
+            raise ZConfig.ConfigurationError(str(e)) from None
 
     @property
     def follows_cluster(self):
@@ -66,7 +79,7 @@ class ReplicationConfig:
             sync_replicas=c.sync_replicas, sync_timeout=c.sync_timeout,
             sync_block=c.sync_block, replicate_blobs=c.replicate_blobs,
             reconnect_max=c.reconnect_max_delay, reopen=c.base.open,
-            rewind_divergent=c.rewind_divergent)
+            rewind_divergent=c.rewind_divergent, security=self.security)
 
     def open_primary(self):
         c = self.config

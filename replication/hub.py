@@ -17,7 +17,9 @@ greenlets.  They cross into the hub in exactly two ways:
 One shortcut skips the hub: a committing thread writes a new transaction
 straight to the sockets of the secondaries that follow live, without
 blocking, through each connection's ``Outbox`` (``outbox.py``); it wakes
-the hub only when a socket did not take everything.
+the hub only when a socket did not take everything.  Over TLS it encrypts
+under the connection's lock, which the hub takes to decrypt what it reads
+(``tls.ServerConnection``).
 
 Going the other way, the hub only sets ``threading`` primitives (a
 Condition for synchronous replication) and calls storage methods.  No

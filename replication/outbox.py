@@ -11,6 +11,10 @@ backlog, in order, and the hub's ``flush()`` writes it when the socket is
 writable again.  Everything is written under one lock, so a frame is never
 interleaved with another thread's; the file descriptor is closed under the
 same lock, so no thread writes to a descriptor number that was reused.
+
+Over TLS the socket is a ``tls.ServerConnection``: the outbox then takes
+its lock and seals (encrypts) what it is given under that lock, so bytes
+are encrypted and written in one order, whichever thread writes.
 """
 import errno
 import os
@@ -28,7 +32,8 @@ class Outbox:
     def __init__(self, sock):
         self.sock = sock            # a gevent socket, owned by the hub
         self._fd = sock.fileno()
-        self._lock = threading.Lock()
+        self._seal = getattr(sock, "seal", None)     # TLS
+        self._lock = getattr(sock, "lock", None) or threading.Lock()
         self._backlog = bytearray()
         self.error = None           # the OSError that broke the connection
 
@@ -43,6 +48,12 @@ class Outbox:
         with self._lock:
             if self._fd is None or self.error is not None:
                 return False
+            if self._seal is not None:
+                try:
+                    data = self._seal(data)
+                except OSError as e:    # ssl.SSLError: the stream is over
+                    self.error = e
+                    return False
             if self._backlog:
                 self._backlog += data
                 return False
@@ -97,3 +108,4 @@ class Outbox:
             self.error = e if e.errno != errno.EPIPE else \
                 ConnectionError("the peer closed the connection")
             return 0
+

@@ -3,15 +3,21 @@
 Connection
 ==========
 A *secondary* connects to a *source* (a primary, or another secondary that
-feeds a chain).  Each side first sends the 6-byte preamble ``b"ZKZR"`` +
-protocol version (unsigned 16-bit, big endian), then length-prefixed frames::
+feeds a chain), over TLS when the servers have a ``<replication-ssl>``
+section (``tls.py``: both sides present a certificate and check the
+other's).  Each side first sends the 6-byte preamble ``b"ZKZR"`` + protocol
+version (unsigned 16-bit, big endian), then length-prefixed frames::
 
     frame   := length:u32  tag:u8  payload:(length - 1 bytes)
 
 ``length`` counts the tag and payload and is at most ``MAX_FRAME``; a larger
 length, an unknown tag or a payload that does not decode ends the
 connection with a ``ProtocolError`` naming what was wrong.  Nothing that a
-peer sends is ever unpickled.
+peer sends is ever unpickled.  Until the handshake is complete a frame may
+hold at most ``HANDSHAKE_MAX_FRAME`` bytes, and a source reads at most
+``ACK_MAX_FRAME`` bytes per frame from a secondary after it, so a peer
+cannot make a source buffer more than that; the whole handshake must
+finish within the source's handshake timeout.
 
 Conversation
 ============
@@ -19,9 +25,15 @@ Conversation
 
     secondary                                source
     ---------                                ------
-    preamble, HELLO(last tid, digest of   ->
-      that transaction, epoch, flags, name)
-                                          <- preamble, WELCOME(source last tid,
+    preamble, AUTH(nonce_c)               ->
+                                          <- preamble, CHALLENGE(flags,
+                                               nonce_s, source proof)
+                                             or preamble, REFUSE(reason)
+                                             (unsupported version)
+    PROOF(secondary proof), HELLO(last    ->
+      tid, digest of that transaction,
+      epoch, flags, name)
+                                          <- WELCOME(source last tid,
                                                epoch, flags) or REFUSE(reason)
                                           <- TXN, RECORD..., [CHUNK...], END
                                              or FILE_TXN
@@ -35,6 +47,24 @@ Conversation
                                               source has synchronous
                                               replicas), else at most every
                                               ACK_INTERVAL seconds
+
+Shared secret: with ``secret-file`` configured, both sides prove that they
+know the secret without sending it (``auth.py``).  Each side sends a fresh
+32-byte random nonce; the proofs are HMAC-SHA256 under the secret of a
+label naming the side that proves, then ``nonce_c + nonce_s``::
+
+    source proof    = HMAC(secret, b"zkzeo-replication source\0"
+                                   + nonce_c + nonce_s)
+    secondary proof = HMAC(secret, b"zkzeo-replication secondary\0"
+                                   + nonce_c + nonce_s)
+
+CHALLENGE sets flag ``SECRET`` when its proof is meaningful (the source has
+a secret); without a secret a side sends 32 zero bytes.  A secondary with a
+secret drops a source that does not prove it; a source with a secret
+answers a wrong proof with REFUSE(``NOT_AUTHENTICATED``) before it has read
+HELLO, so such a peer gets no data.  Proofs are compared in constant time.
+The secret authenticates the handshake only: without TLS the stream that
+follows is neither encrypted nor protected against an on-path attacker.
 
 Snapshot: a secondary whose FileStorage is empty sets ``CAN_SNAPSHOT`` in
 HELLO.  The source may then answer WELCOME with a byte copy of its Data.fs
@@ -84,7 +114,11 @@ the history proof in HELLO.
 
 Byte layout of payloads (all integers big endian; tids and oids 8 bytes)::
 
+    AUTH       nonce:32
+    CHALLENGE  flags:u16 nonce:32 proof:32
+    PROOF      proof:32
     HELLO      epoch:u64 tid:8 digest:32 flags:u16 name_len:u16 name
+               (name: utf-8, at most MAX_NAME bytes)
     WELCOME    epoch:u64 last_tid:8 flags:u16
     REFUSE     code:u8 message(utf-8)
     TXN        tid:8 status:1 user_len:u16 desc_len:u16 ext_len:u32
@@ -105,13 +139,18 @@ import struct
 from collections import namedtuple
 
 MAGIC = b"ZKZR"
-VERSION = 2         # 2: WELCOME has flags
+VERSION = 3         # 2: WELCOME has flags; 3: AUTH, CHALLENGE, PROOF
 PREAMBLE = struct.Struct(">4sH")
 PREAMBLE_SIZE = PREAMBLE.size
 
 FRAME_HEADER = struct.Struct(">IB")
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 4 * 1024 * 1024 + 64
+MAX_NAME = 255                  # bytes of a HELLO name
+HANDSHAKE_MAX_FRAME = 1024      # any frame before the handshake is done
+ACK_MAX_FRAME = 64              # a secondary's frames after it
+NONCE_SIZE = 32
+PROOF_SIZE = 32
 CHUNK_SIZE = 1024 * 1024
 INLINE_DATA = 1024 * 1024
 
@@ -127,6 +166,9 @@ CAN_SNAPSHOT = 2   # empty FileStorage: a byte copy of the source's file is ok
 ACK_EACH = 1       # acknowledge every transaction at once (synchronous mode)
 ACK_INTERVAL = 0.05  # otherwise at most this often (seconds) while streaming
 
+# CHALLENGE flags
+SECRET = 1         # the source proves it knows the shared secret
+
 # RECORD flags
 HAS_DATA = 1      # data is not None (None: creation undone)
 IS_BLOB = 2       # a blob record; blob_len bytes of file follow as CHUNKs
@@ -138,15 +180,32 @@ UNSUPPORTED_VERSION = 1
 DIVERGENT = 2
 STALE_EPOCH = 3
 NOT_READY = 4
+NOT_AUTHENTICATED = 5
 
 REFUSE_NAMES = {UNSUPPORTED_VERSION: "unsupported version",
                 DIVERGENT: "divergent history",
                 STALE_EPOCH: "stale epoch",
-                NOT_READY: "not ready"}
+                NOT_READY: "not ready",
+                NOT_AUTHENTICATED: "not authenticated"}
+MAX_REFUSAL = 1000   # characters of a REFUSE message kept
 
 
 class ProtocolError(Exception):
     """The peer sent something this protocol does not allow."""
+
+
+def printable(text, limit=None):
+    """``text`` (a peer's) safe to log: control and other non-printable
+    characters escaped (no line can be forged), ``limit`` characters at
+    most.  Logging's ``%`` formatting is the logger's business: peer
+    strings go in arguments, never in format strings."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def preamble():
@@ -194,6 +253,9 @@ def _message(name, tag, fields, layout):
     return Message
 
 
+Auth = _message("Auth", ord("a"), "nonce", "32s")
+Challenge = _message("Challenge", ord("c"), "flags nonce proof", "H32s32s")
+Proof = _message("Proof", ord("p"), "proof", "32s")
 Welcome = _message("Welcome", ord("W"), "epoch last_tid flags", "Q8sH")
 End = _message("End", ord("E"), "tid digest", "8s32s")
 Heartbeat = _message("Heartbeat", ord("B"), "epoch last_tid", "Q8s")
@@ -210,6 +272,9 @@ class Hello(namedtuple("Hello", "epoch tid digest flags name")):
 
     def encode(self):
         name = self.name.encode("utf-8")
+        if len(name) > MAX_NAME:
+            raise ValueError(f"name {self.name!r} is longer than {MAX_NAME} "
+                             "bytes")
         return frame(self.TAG, self.HEAD.pack(
             self.epoch, self.tid, self.digest, self.flags, len(name)) + name)
 
@@ -221,7 +286,10 @@ class Hello(namedtuple("Hello", "epoch tid digest flags name")):
         epoch, tid, digest, flags, name_len = cls.HEAD.unpack_from(payload)
         if len(payload) != head + name_len:
             raise ProtocolError("HELLO name length does not match")
-        name = bytes(payload[head:]).decode("utf-8", "replace")
+        if name_len > MAX_NAME:
+            raise ProtocolError(f"HELLO name longer than {MAX_NAME} bytes")
+        # Shown in logs and status: never a control character.
+        name = printable(bytes(payload[head:]).decode("utf-8", "replace"))
         return cls(epoch, tid, digest, flags, name)
 
 
@@ -236,7 +304,8 @@ class Refuse(namedtuple("Refuse", "code message")):
     def decode(cls, payload):
         if not payload:
             raise ProtocolError("empty REFUSE")
-        return cls(payload[0], bytes(payload[1:]).decode("utf-8", "replace"))
+        return cls(payload[0], printable(
+            bytes(payload[1:]).decode("utf-8", "replace"), MAX_REFUSAL))
 
 
 class Txn(namedtuple("Txn", "tid status user description extension")):
@@ -349,7 +418,7 @@ class FileTxn(namedtuple("FileTxn", "tid pos digest data")):
         return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
-MESSAGES = (Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack,
+MESSAGES = (Auth, Challenge, Proof, Hello, Welcome, Refuse, Txn, Record, Chunk, End, Heartbeat, Ack,
             Snapshot, BlobFile, SnapshotEnd, FileTxn)
 DECODERS = {m.TAG: m for m in MESSAGES}
 
@@ -357,8 +426,10 @@ DECODERS = {m.TAG: m for m in MESSAGES}
 class FrameReader:
     """Turns received bytes into messages; feed() then pop messages.
 
-    Frame lengths are checked against MAX_FRAME before anything is buffered
-    for them, so a peer cannot make us allocate more than that.
+    A frame's length is checked against ``max_frame`` as soon as its four
+    length bytes are in, and nothing is allocated for the announced length:
+    the buffer holds what was received, so a reader fed in bounded reads
+    never holds more than ``max_frame`` plus one read.
     """
 
     def __init__(self, max_frame=MAX_FRAME):
@@ -371,6 +442,11 @@ class FrameReader:
             self.buffer.clear()
             self.pos = 0
         self.buffer += data
+
+    @property
+    def pending(self):
+        """Bytes received and not decoded yet (part of a frame)."""
+        return len(self.buffer) - self.pos
 
     def _check_length(self, length):
         if length == 0:

@@ -8,6 +8,8 @@ extended through ``ZEOServer``'s hooks:
   ``address :0`` (an OS-assigned port) is usable;
 * its StorageServer lets replicated storages send an asynchronous commit
   to their secondaries just after the committing client has its answer;
+* refusals of read-only servers are logged as one line, not a traceback
+  (``quietlogs``);
 * its StorageServer forgets the connections it closes itself (ZEO 6 keeps
   sending them invalidations), and answers a client's quick cache
   verification only for a tid that is in this server's history.  After a failover that lost
@@ -21,6 +23,7 @@ import os
 import ZEO.runzeo
 import ZEO.StorageServer
 
+from . import quietlogs
 from .records import transaction_digest
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ def create_server(storages, options):
 class ZEOServer(ZEO.runzeo.ZEOServer):
 
     def create_server(self):
+        quietlogs.install()
         self.server = create_server(self.storages, self.options)
         logger.info("ZEO server listening on %s", bound_address(self.server))
 

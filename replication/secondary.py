@@ -42,7 +42,7 @@ import ZODB.blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 
-from . import protocol
+from . import auth, handshake, protocol
 from .address import format_address, parse_address
 from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
                        Txn, Record, Chunk, End, TransactionDigest, Z64,
@@ -222,9 +222,11 @@ class Follower:
                  rewind=None, invalidate=lambda tid, oids: None,
                  keep_alive_delay=1.0, want_blobs=True, name="",
                  epoch=lambda: 0, seen_epoch=lambda epoch: None,
-                 reconnect_min=0.1, reconnect_max=5.0, hub=None):
+                 reconnect_min=0.1, reconnect_max=5.0, hub=None,
+                 security=auth.OPEN):
         from .hub import get_hub
         self.storage = storage
+        self.security = security
         self.source_address = source_address
         self.committed = committed
         self.invalidate = invalidate
@@ -326,7 +328,7 @@ class Follower:
             peer = format_address(address)
             log = _adapter(self.name, peer)
             try:
-                sock = _connect(address)
+                sock = _connect(address, self.security)
             except OSError as e:
                 delay = self._wait_to_retry(
                     f"cannot connect to {peer}: {e}", log, delay)
@@ -427,19 +429,12 @@ class Follower:
                 f"this secondary's last transaction {tid.hex()} is not in "
                 f"its own {self.storage.getName()} (torn by a crash?)")
         sock.settimeout(CONNECT_TIMEOUT)
-        sock.sendall(protocol.preamble() + Hello(
-            self.epoch(), tid, digest, flags, self.name).encode())
-        reader = protocol.FrameReader()
-        buf = b""
-        while len(buf) < protocol.PREAMBLE_SIZE:
-            data = sock.recv(65536)
-            if not data:
-                raise EOFError("source closed the connection during the "
-                               "handshake")
-            buf += data
-        version = protocol.parse_preamble(buf[:protocol.PREAMBLE_SIZE])
-        reader.feed(buf[protocol.PREAMBLE_SIZE:])
-        return version, self._next_message(sock, reader), reader
+        hello = Hello(self.epoch(), tid, digest, flags, self.name)
+        with handshake.deadline(self.security.handshake_timeout,
+                                "the handshake with the source"):
+            if self.security.tls is not None:
+                handshake.tls_handshake(sock)
+            return handshake.connect(sock, self.security, hello)
 
     def _session(self, sock, log):
         last_tid = self.storage.lastTransaction()
@@ -496,7 +491,7 @@ class Follower:
         has too (asking it as a new connection would), or None."""
         for entry in self.storage.undoLog(0, -depth):
             tid = base64.decodebytes(entry["id"])   # undoLog's encoding
-            sock = _connect(address)
+            sock = _connect(address, self.security)
             try:
                 _, answer, _ = self._handshake(sock, tid, self._hello_flags())
             finally:
@@ -509,16 +504,6 @@ class Follower:
         log.critical("no common transaction among the last %d; rewind "
                      "impossible", depth)
         return None
-
-    def _next_message(self, sock, reader):
-        while True:
-            message = reader.next()
-            if message is not None:
-                return message
-            data = sock.recv(256 * 1024)
-            if not data:
-                raise EOFError("source closed the connection")
-            reader.feed(data)
 
     def _receive(self, sock, reader, log):
         pending = None       # PendingTransaction being received
@@ -713,7 +698,9 @@ def _check_new_transaction(what, tid, last_tid, pending, snapshot):
                             f"one {last_tid.hex()}")
 
 
-def _connect(address):
+def _connect(address, security=auth.OPEN):
+    """A socket connected to ``address``, wrapped in TLS when configured
+    (its TLS handshake is part of ``Follower._handshake``)."""
     if isinstance(address, str):
         sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT)
@@ -725,6 +712,12 @@ def _connect(address):
     else:
         sock = gevent.socket.create_connection(address, CONNECT_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if security.tls is not None:
+        try:
+            sock = security.tls.wrap_client(sock, address)
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 

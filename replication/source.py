@@ -13,7 +13,15 @@ writes the transaction to every secondary that is following live (see
 ``outbox.py``): no hand-off to the hub per commit.  The hub takes over for
 whatever that cannot do without waiting: a socket that does not take the
 bytes at once, blobs, a secondary that is behind the log (it reads the
-storage iterator), and anything unusual about the file.
+storage iterator), and anything unusual about the file.  Over TLS too:
+the committer encrypts under the connection's lock (``tls.py``).
+
+Who may connect (see ``auth.py``, ``handshake.py``): with TLS or a shared
+secret configured, a peer that does not prove itself gets nothing, and
+only proved secondaries are ever in ``secondaries`` (so only they count
+toward ``sync-replicas``).  Every peer is bounded before it proves
+anything: at most ``max_connections`` connections, ``handshake_timeout``
+seconds to finish the handshake, a few kilobytes buffered.
 """
 import bisect
 import logging
@@ -28,12 +36,15 @@ import gevent.event
 import gevent.server
 import gevent.socket
 
-from . import fsynchooks, protocol
+from . import auth, fsynchooks, handshake, protocol
 from .address import format_address, parse_address
+from .handshake import AuthenticationError, HandshakeTimeout
 from .hub import get_hub
+from .logs import PeerLog
 from .outbox import MAX_BACKLOG, Outbox
-from .protocol import (ProtocolError, Hello, Welcome, Refuse, Heartbeat, Ack,
+from .protocol import (ProtocolError, Welcome, Refuse, Heartbeat, Ack,
                        Chunk, Z64)
+from .tls import peer_name
 from .snapshot import can_snapshot, send_snapshot
 from .records import BlobRef, Tail, encode_file_transaction, \
     encode_transaction, is_blob_storage, next_tid, open_iterator, \
@@ -41,14 +52,9 @@ from .records import BlobRef, Tail, encode_file_transaction, \
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
 RECENT_BYTES = 32 * 1024 * 1024   # shared log of recently encoded txns
 CATCHUP_BATCH = 1024 * 1024       # bytes per send while catching up
-
-
-class PeerLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"{self.extra['role']} {self.extra['peer']}: {msg}", kwargs
+REFUSAL_LOG_INTERVAL = 10.0       # seconds between "too many" lines
 
 
 class Secondary:
@@ -80,8 +86,10 @@ class Source:
 
     def __init__(self, storage, address, keep_alive_delay=1.0,
                  send_blobs=True, epoch=lambda: 0, hub=None, name="",
-                 ack_each=lambda: False, encode_during_fsync=lambda: True):
+                 ack_each=lambda: False, encode_during_fsync=lambda: True,
+                 security=auth.OPEN):
         self.storage = storage
+        self.security = security
         self.requested_address = parse_address(address)
         self.keep_alive_delay = keep_alive_delay
         self.send_blobs = send_blobs
@@ -99,6 +107,9 @@ class Source:
         # and their `following`: committers and the hub both use them.
         self._lock = threading.Lock()
         self._server = None
+        self._connections = 0      # open connections (on the hub)
+        self._refused = 0          # over the limit since the last line
+        self._refused_logged_at = None
         self._wakeup = None
         self._closed = False
         self._notified = None      # (tid, committed size) from committers
@@ -401,16 +412,34 @@ class Source:
     def _handle(self, sock, peer):
         peer = format_address(peer) if peer else "unix-socket"
         log = PeerLog(logger, {"role": "source", "peer": peer})
-        if not isinstance(sock.getsockname(), str):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        secondary = Secondary(peer, sock)
+        if self._connections >= self.security.max_connections:
+            sock.close()
+            self._refuse_over_limit(peer)
+            return
+        self._connections += 1
+        secondary = None
         try:
-            self._serve(secondary, log)
+            if not isinstance(sock.getsockname(), str):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            timeout = self.security.handshake_timeout
+            sock.settimeout(timeout)
+            tls = self.security.tls
+            with handshake.deadline(timeout, "the handshake"):
+                if tls is not None:
+                    sock = tls.wrap_server(sock)
+                    handshake.tls_handshake(sock)
+                hello, reader = handshake.accept(sock, self.security)
+            secondary = Secondary(peer, sock)
+            self._serve(secondary, hello, reader, log)
+        except AuthenticationError as e:
+            log.warning("refused: %s", e)
+        except HandshakeTimeout as e:
+            log.warning("dropping connection: %s", e)
         except ProtocolError as e:
             log.error("dropping connection: %s", e)
         except (OSError, ConnectionError, EOFError) as e:
             # The ACK reader may have ended the connection (and said why).
-            reason = secondary.end_reason or (
+            reason = secondary is not None and secondary.end_reason or (
                 logging.INFO, f"connection ended: {e or type(e).__name__}")
             log.log(*reason)
         except gevent.GreenletExit:
@@ -418,32 +447,39 @@ class Source:
         except Exception:
             log.exception("dropping connection after an unexpected error")
         finally:
-            with self._lock:
-                self.secondaries.discard(secondary)
-                secondary.following = False
-            with self._acks:
-                self._acks.notify_all()
-            secondary.out.close()
+            self._connections -= 1
+            if secondary is None:
+                sock.close()
+            else:
+                with self._lock:
+                    self.secondaries.discard(secondary)
+                    secondary.following = False
+                with self._acks:
+                    self._acks.notify_all()
+                secondary.out.close()
 
-    def _serve(self, secondary, log):
+    def _refuse_over_limit(self, peer):
+        """One line for the first connection over max_connections, then at
+        most one every REFUSAL_LOG_INTERVAL seconds (a flood of
+        connections must not flood the log)."""
+        self._refused += 1
+        now = time.monotonic()
+        last = self._refused_logged_at
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        logger.warning(
+            "source: refused %d connection(s) (the last from %s): already "
+            "%d replication connections (max-connections)", self._refused,
+            peer, self._connections)
+        self._refused = 0
+        self._refused_logged_at = now
+
+    def _serve(self, secondary, hello, reader, log):
         sock = secondary.sock
-        reader = protocol.FrameReader()
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        version = protocol.parse_preamble(
-            _recv_exactly(sock, protocol.PREAMBLE_SIZE))
-        sock.sendall(protocol.preamble())
-        if version != protocol.VERSION:
-            sock.sendall(Refuse(
-                protocol.UNSUPPORTED_VERSION,
-                f"protocol version {version} is not supported; this source "
-                f"speaks version {protocol.VERSION}").encode())
-            raise ProtocolError(f"unsupported protocol version {version}")
-        hello = _recv_message(sock, reader)
-        if not isinstance(hello, Hello):
-            raise ProtocolError(
-                f"expected HELLO, got {type(hello).__name__}")
         secondary.name = hello.name
-        log.extra = dict(log.extra, peer=f"{hello.name}@{secondary.peer}")
+        who = peer_name(sock)
+        log.extra = dict(log.extra, peer=f"{hello.name}@{secondary.peer}" + (
+            f" ({who})" if who else ""))
         self._on_commit(from_committer=False)   # made while nobody listened
         refusal = self._check_history(hello)
         if refusal is not None:
@@ -460,6 +496,7 @@ class Source:
                  hello.tid.hex(), "everything" if hello.tid == Z64
                  else "what follows it")
         sock.settimeout(None)
+        reader.max_frame = protocol.ACK_MAX_FRAME
         acks = gevent.spawn(self._read_acks, secondary, reader)
         try:
             if (hello.flags & protocol.CAN_SNAPSHOT and hello.tid == Z64
@@ -510,17 +547,31 @@ class Source:
         ends the sending greenlet too."""
         sock = secondary.sock
         silence = self.keep_alive_delay * 3 + 1
+        frame_started = None     # when the partial frame buffered began
         try:
             while True:
                 message = reader.next()
                 if message is None:
-                    with gevent.Timeout(silence, ConnectionError(
-                            f"no word from the secondary for {silence}s")):
-                        data = sock.recv(65536)
+                    # A frame must arrive whole within `silence` too: a
+                    # byte now and then does not keep a connection.
+                    now = time.monotonic()
+                    if not reader.pending:
+                        frame_started = None
+                    elif frame_started is None:
+                        frame_started = now
+                    if frame_started is None:
+                        wait, problem = silence, "no word"
+                    else:
+                        wait = frame_started + silence - now
+                        problem = "no whole frame"
+                    with gevent.Timeout(max(wait, 0.001), ConnectionError(
+                            f"{problem} from the secondary for {silence}s")):
+                        data = sock.recv(handshake.READ_SIZE)
                     if not data:
                         raise EOFError("secondary closed the connection")
                     reader.feed(data)
                     continue
+                frame_started = None
                 if not isinstance(message, Ack):
                     raise ProtocolError(
                         f"unexpected {type(message).__name__} from a "
@@ -628,27 +679,6 @@ def _send_blob(out, ref):
                 raise OSError(f"blob file {ref.path} shrank while sending")
             out.sendall(Chunk(data).encode())
             remaining -= len(data)
-
-
-def _recv_exactly(sock, n):
-    buf = bytearray()
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            raise EOFError("peer closed the connection during the handshake")
-        buf += data
-    return bytes(buf)
-
-
-def _recv_message(sock, reader):
-    while True:
-        message = reader.next()
-        if message is not None:
-            return message
-        data = sock.recv(65536)
-        if not data:
-            raise EOFError("peer closed the connection during the handshake")
-        reader.feed(data)
 
 
 def _close(it):

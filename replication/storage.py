@@ -14,7 +14,7 @@ import zope.interface
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
-from . import snapshot
+from . import auth, snapshot
 from .recovery import recover_torn_transaction
 from .secondary import Follower
 from .source import Source
@@ -217,7 +217,7 @@ class ReplicatedStorage(StorageProxy):
                  keep_alive_delay=1.0, sync_replicas=0, sync_timeout=10.0,
                  sync_block=False, replicate_blobs=True, name="",
                  reconnect_max=5.0, reopen=None, epoch=0,
-                 rewind_divergent=False, hub=None):
+                 rewind_divergent=False, hub=None, security=auth.OPEN):
         if reopen is None and snapshot.can_snapshot(base):
             reopen = _filestorage_reopener(base)
         if reopen is not None:
@@ -225,6 +225,7 @@ class ReplicatedStorage(StorageProxy):
             # is in no file; nothing here may start from it.
             base = recover_torn_transaction(base, reopen)
         StorageProxy.__init__(self, base)
+        self.security = security   # TLS, secret, limits (auth.Security)
         self.name = name or base.getName()
         self.keep_alive_delay = keep_alive_delay
         self.sync_replicas = sync_replicas
@@ -258,7 +259,8 @@ class ReplicatedStorage(StorageProxy):
                                  ack_each=lambda: self.sync_replicas > 0,
                                  encode_during_fsync=lambda: not (
                                      self.replicate_after_reply and
-                                     not self.sync_replicas))
+                                     not self.sync_replicas),
+                                 security=security)
             self.replication_address = self.source.start()
         if replicate_from is None:
             if self.source is None:
@@ -279,7 +281,8 @@ class ReplicatedStorage(StorageProxy):
             keep_alive_delay=self.keep_alive_delay,
             want_blobs=self.replicate_blobs, name=self.name,
             epoch=lambda: self.epoch, seen_epoch=self._seen_epoch,
-            reconnect_max=self.reconnect_max, hub=self.hub)
+            reconnect_max=self.reconnect_max, hub=self.hub,
+            security=self.security)
         self.follower.start()
 
     def become_primary(self, epoch):

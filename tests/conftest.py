@@ -2,6 +2,7 @@ import os
 import uuid
 
 import pytest
+from kazoo.client import KazooClient
 
 from tests.zk_servers import Tree, ZKServer
 from zkzeo.zkserver import ZooKeeperServer
@@ -12,6 +13,13 @@ def zookeeper(tmp_path_factory):
     """One real standalone ZooKeeper server for the whole test session."""
     server = ZooKeeperServer(str(tmp_path_factory.mktemp("zookeeper")))
     server.start()
+    # /tests open to all: a server with an ACL creates the missing parents
+    # of its path with that ACL, which would lock the other tests out.
+    client = KazooClient(hosts=server.address, timeout=5)
+    client.start(timeout=30)
+    client.ensure_path("/tests")
+    client.stop()
+    client.close()
     yield server
     server.stop()
 

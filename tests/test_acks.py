@@ -9,7 +9,8 @@ import ZODB
 from ZODB.utils import p64, u64
 
 from replication import protocol
-from replication.protocol import Ack, FrameReader, Hello, Welcome, Z64
+from replication.protocol import (Ack, Auth, Challenge, FrameReader, Hello,
+                                  Proof, Welcome, Z64)
 from tests.replication_support import Cluster, commit
 from tests.support import wait_for
 
@@ -27,13 +28,16 @@ class FakeSecondary:
     def __init__(self, address, name):
         # An empty secondary: "send everything".
         self.sock = socket.create_connection(address, timeout=30)
-        self.sock.sendall(protocol.preamble() + Hello(
-            0, Z64, protocol.NO_DIGEST, 0, name).encode())
+        self.sock.sendall(protocol.preamble() + Auth(bytes(32)).encode())
         data = b""
         while len(data) < protocol.PREAMBLE_SIZE:
             data += self.sock.recv(65536)
         self.reader = FrameReader()
         self.reader.feed(data[protocol.PREAMBLE_SIZE:])
+        assert isinstance(self.next(), Challenge)
+        # A source without a shared secret: any proof will do.
+        self.sock.sendall(Proof(bytes(32)).encode() + Hello(
+            0, Z64, protocol.NO_DIGEST, 0, name).encode())
         self.welcome = self.next()
         assert isinstance(self.welcome, Welcome)
 

@@ -15,7 +15,8 @@ import ZODB
 from ZODB.FileStorage import FileStorage
 
 from replication import protocol
-from replication.protocol import FrameReader, Hello, Refuse, Welcome, Z64
+from replication.protocol import (Auth, Challenge, FrameReader, Hello, Refuse,
+                                  Welcome, Z64)
 from replication.records import (encode_file_transaction, encode_transaction,
                                  parse_committed)
 from replication.secondary import State
@@ -71,8 +72,8 @@ def assert_still_serving(cluster, primary, name):
     (protocol.preamble() + protocol.frame(ord("?"), b"x"),
      "unknown message tag"),
     (protocol.preamble() + protocol.Ack(Z64).encode(),
-     "expected HELLO, got Ack"),
-], ids=["random", "http", "oversized", "unknown-tag", "no-hello"])
+     "expected AUTH, got Ack"),
+], ids=["random", "http", "oversized", "unknown-tag", "no-auth"])
 def test_garbage_on_the_replication_port(cluster, primary, caplog, garbage,
                                          complaint):
     caplog.set_level(logging.INFO, "replication")
@@ -164,8 +165,8 @@ def test_same_tid_with_different_content_is_divergent(cluster, primary):
 
 
 class ScriptedSource:
-    """A replication source that answers HELLO with scripted bytes, then
-    closes: for streams no real source would send."""
+    """A replication source (without a secret) that answers HELLO with
+    scripted bytes, then closes: for streams no real source would send."""
 
     def __init__(self, script):
         self.script = script
@@ -184,7 +185,8 @@ class ScriptedSource:
             with conn:
                 reader = FrameReader()
                 data = b""
-                while True:
+                hello = False
+                while not hello:
                     chunk = conn.recv(65536)
                     if not chunk:
                         break
@@ -192,10 +194,13 @@ class ScriptedSource:
                     if len(data) >= 6:
                         reader.feed(data[6:])
                         data = data[:6]
-                        if isinstance(reader.next(), Hello):
-                            break
+                        for message in reader:
+                            if isinstance(message, Auth):
+                                conn.sendall(protocol.preamble() + Challenge(
+                                    0, bytes(32), bytes(32)).encode())
+                            hello = hello or isinstance(message, Hello)
                 self.connections += 1
-                conn.sendall(protocol.preamble() + self.script)
+                conn.sendall(self.script)
 
     def close(self):
         self.listener.close()

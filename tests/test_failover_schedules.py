@@ -227,3 +227,25 @@ def test_refused_configurations_claim_nothing(tmp_path, zookeeper, zk_path,
     assert not tree.zk.exists(zk_path) or tree.state() is None, \
         "a refused server claimed the primary role"
     assert tree.servers() == {}
+
+
+def test_a_diverged_server_is_never_elected(cluster, tree, zk_url, tmp_path,
+                                            capsys):
+    """Issue 9, item 5: the old primary comes back holding a transaction
+    the cluster lost (so it has the newest last tid) and stops as
+    diverged; when the new primary dies, the election must pass it over."""
+    from tests.test_failover import lossy_failover
+    s1, s2, cache, lost = lossy_failover(cluster, tree, zk_url, tmp_path,
+                                         capsys)
+    s3 = cluster("s3", zookeeper_options=FAILOVER)
+    s1.start()
+    wait_for(lambda: tree.by_name()["s1"]["replication_state"] == "diverged",
+             "the old primary to stop as diverged")
+    wait_for(lambda: tree.by_name()["s3"]["replication_state"] ==
+             "following", "s3 to follow s2")
+    assert last_tid(s1) > last_tid(s3)     # the newest, but diverged
+    s2.kill()
+    wait_for(lambda: tree.state()["epoch"] == 3, "an election")
+    assert tree.state()["primary"] == "s3"
+    assert tree.by_name()["s1"]["role"] == "secondary"
+

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def processes_under(directory):
     found = []
@@ -18,6 +20,26 @@ def processes_under(directory):
         if str(directory) in cmdline:
             found.append((pid, cmdline.replace("\0", " ")))
     return found
+
+
+def assert_private(url, auth_file):
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoAuthError
+
+    from zkzeo.layout import parse_url
+    hosts, path = parse_url(url)
+    for auth in (None, [("digest", auth_file.read_text().strip())]):
+        client = KazooClient(hosts=hosts, auth_data=auth)
+        client.start(timeout=30)
+        try:
+            if auth is None:
+                with pytest.raises(NoAuthError):
+                    client.get_children(path)
+            else:
+                assert len(client.get_children(path)) == 3
+        finally:
+            client.stop()
+            client.close()
 
 
 def run(*args):
@@ -40,6 +62,13 @@ def test_start_demo_stop(tmp_path):
         assert sorted(row[2] for row in table) == [
             "primary", "secondary", "secondary"]
         assert [row[-2] for row in table] == ["0.000s"] * 3   # caught up
+        # Secure by default: a private credential, nodes only it may read.
+        auth_file = directory / "zookeeper.auth"
+        assert f"zookeeper_auth_file={str(auth_file)!r}" in out
+        assert f"export ZKZEO_AUTH_FILE={auth_file}" in out
+        assert auth_file.stat().st_mode & 0o077 == 0
+        assert_private(out.split("applications use: ")[1].split()[0],
+                       auth_file)
         for name in ("s1", "s2", "s3"):
             status = subprocess.run(
                 [sys.executable, "-m", "zdaemon", "-C",

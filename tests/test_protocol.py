@@ -2,8 +2,9 @@
 import pytest
 
 from replication import protocol
-from replication.protocol import (Ack, Chunk, End, FrameReader, Heartbeat,
-                                  Hello, ProtocolError, Record, Refuse, Txn,
+from replication.protocol import (Ack, Auth, Challenge, Chunk, End,
+                                  FrameReader, Heartbeat, Hello, Proof,
+                                  ProtocolError, Record, Refuse, Txn,
                                   Welcome, Z64)
 
 TID = b"\x03\xe8\x00\x00\x00\x00\x00\x01"
@@ -18,6 +19,9 @@ def roundtrip(message):
 
 
 @pytest.mark.parametrize("message", [
+    Auth(b"n" * 32),
+    Challenge(protocol.SECRET, b"n" * 32, b"p" * 32),
+    Proof(b"p" * 32),
     Hello(7, TID, b"d" * 32, protocol.WANT_BLOBS, "s1 \u00e9"),
     Welcome(7, TID, protocol.ACK_EACH),
     Refuse(protocol.DIVERGENT, "your history differs"),
@@ -85,3 +89,12 @@ def test_digest_depends_on_every_part():
     assert len({base, digest(data=b"abd"), digest(ext=b"x"),
                 digest(oid=b"\0" * 7 + b"\1"), digest(blob_len=1),
                 digest(data=None)}) == 6
+
+
+def test_peer_strings_are_decoded_printable():
+    name = "a%s\nCRITICAL b\r\x1b"
+    hello = roundtrip(Hello(0, TID, b"d" * 32, 0, name))
+    assert hello.name == "a%s\\nCRITICAL b\\r\\x1b"
+    refusal = roundtrip(Refuse(protocol.NOT_READY, "x\n" * 2000))
+    assert "\n" not in refusal.message
+    assert len(refusal.message) < 2 * protocol.MAX_REFUSAL + 10

@@ -12,6 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_buildout_lays_out_a_server_that_zdaemon_runs(tmp_path, zookeeper,
                                                      zk_path):
+    auth_file = tmp_path / "zookeeper.auth"
+    auth_file.write_text("db1:secret\n")
+    auth_file.chmod(0o600)
     (tmp_path / "buildout.cfg").write_text(f"""
 [buildout]
 develop = {ROOT}
@@ -28,6 +31,8 @@ zookeeper = {zookeeper.address}
 zookeeper-path = {zk_path}
 sync-replicas = 0
 auto-failover = 5
+zookeeper-auth-file = {auth_file}
+zookeeper-acl = world-read
 """)
     buildout = os.path.join(os.path.dirname(sys.executable), "buildout")
     result = subprocess.run([buildout, "-c", str(tmp_path / "buildout.cfg")],
@@ -40,6 +45,8 @@ auto-failover = 5
         tests.stdout + tests.stderr
     conf = (tmp_path / "parts" / "db1" / "zeo.conf").read_text()
     assert f"path {zk_path}" in conf and "auto-failover 5" in conf
+    assert f"auth-file {auth_file}" in conf and "acl world-read" in conf
+    assert "secret" not in conf
     control = str(tmp_path / "bin" / "db1")
     tree = Tree(zookeeper.address, zk_path)
     try:
@@ -51,6 +58,8 @@ auto-failover = 5
         status = subprocess.run([control, "status"], capture_output=True,
                                 text=True, timeout=60)
         assert "program running" in status.stdout
+        acls, _ = tree.zk.get_acls(zk_path)      # protected by the credential
+        assert {a.id.scheme for a in acls} == {"digest", "world"}
     finally:
         subprocess.run([control, "stop"], capture_output=True, timeout=120)
     assert "db1" not in tree.by_name()         # stopped cleanly

@@ -19,9 +19,9 @@ from ZODB.utils import p64
 
 import zkzeo.layout
 from replication import protocol
-from replication.protocol import (HAS_DATA, HAS_DATA_TXN, Chunk,
-                                  FrameReader, Hello, Record, Snapshot,
-                                  SnapshotEnd, Txn, Welcome, Z64)
+from replication.protocol import (HAS_DATA, HAS_DATA_TXN, Auth, Challenge,
+                                  Chunk, FrameReader, Hello, Proof, Record,
+                                  Snapshot, SnapshotEnd, Txn, Welcome, Z64)
 from replication.records import encode_transaction
 from replication.secondary import REPLICATION_STATES
 from tests.replication_support import Cluster, commit, wait_caught_up
@@ -69,7 +69,8 @@ class ScriptedSource:
         self.conn = None
 
     def accept(self):
-        """Accept the follower and read its HELLO (returned)."""
+        """Accept the follower, say the preamble and a CHALLENGE (no shared
+        secret), and read its HELLO (returned)."""
         self.conn, _ = self.listener.accept()
         self.conn.settimeout(60)
         data = b""
@@ -79,10 +80,14 @@ class ScriptedSource:
         reader.feed(data[protocol.PREAMBLE_SIZE:])
         while True:
             message = reader.next()
-            if message is not None:
+            if message is None:
+                reader.feed(self.conn.recv(65536))
+            elif isinstance(message, Auth):
+                self.say(protocol.preamble(),
+                         Challenge(0, bytes(32), bytes(32)).encode())
+            elif not isinstance(message, Proof):
                 assert isinstance(message, Hello)
                 return message
-            reader.feed(self.conn.recv(65536))
 
     def say(self, *frames):
         self.conn.sendall(b"".join(frames))
@@ -120,7 +125,7 @@ def test_states_from_connecting_to_catching_up_to_following(
     assert source.accept().tid == Z64
     assert secondary.replication_state() == "connecting"
 
-    source.say(protocol.preamble(), Welcome(0, tids[-1], 0).encode())
+    source.say(Welcome(0, tids[-1], 0).encode())
     state_becomes(secondary, "catching-up")
     source.say(encoded[0], encoded[1])
     wait_for(lambda: secondary.lastTransaction() == tids[1],
@@ -133,7 +138,7 @@ def test_states_from_connecting_to_catching_up_to_following(
     state_becomes(secondary, "connecting")
     # Back with everything the source has: following at once.
     assert source.accept().tid == tids[-1]
-    source.say(protocol.preamble(), Welcome(0, tids[-1], 0).encode())
+    source.say(Welcome(0, tids[-1], 0).encode())
     state_becomes(secondary, "following")
 
     secondary.follower.stop()
@@ -149,7 +154,7 @@ def test_an_empty_secondary_is_catching_up_until_its_byte_copy_is_in(
                                   keep_alive_delay=5)
     hello = source.accept()
     assert hello.flags & protocol.CAN_SNAPSHOT
-    source.say(protocol.preamble(), Welcome(0, tids[-1], 0).encode(),
+    source.say(Welcome(0, tids[-1], 0).encode(),
                Snapshot(tids[-1], len(data)).encode(),
                Chunk(data[:100]).encode())
     state_becomes(secondary, "catching-up")
@@ -202,7 +207,7 @@ def test_an_unexpected_error_that_repeats_is_told_in_full_once(
                                   keep_alive_delay=5)
     for attempt in range(3):
         source.accept()
-        source.say(protocol.preamble(), Welcome(0, tid, 0).encode(), bad)
+        source.say(Welcome(0, tid, 0).encode(), bad)
         wait_for(lambda: len([r for r in caplog.records
                               if "replication error" in r.getMessage()])
                  > attempt, "the follower to fail on the record")

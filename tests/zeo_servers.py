@@ -16,6 +16,7 @@ CONFIG = """\
   keep-alive-delay 0.5
   reconnect-max-delay 0.3
 {keys}
+{sections}
   <filestorage>
     path {path}
     blob-dir {blobs}
@@ -38,8 +39,9 @@ class ZEOServer(ServerProcess):
     log_name = "zeo"
 
     def __init__(self, directory, name, replicate_to=None,
-                 replicate_from=None, **keys):
+                 replicate_from=None, sections="", **keys):
         ServerProcess.__init__(self, directory, name)
+        self.sections = sections    # e.g. a <replication-ssl> section
         self.replicate_to = replicate_to
         self.replicate_from = replicate_from
         self.keys = keys
@@ -53,6 +55,7 @@ class ZEOServer(ServerProcess):
             keys["replicate-from"] = self.replicate_from
         text = CONFIG.format(
             zeo_port=0, name=self.name, path=self.path, blobs=self.blobs,
+            sections=self.sections,
             keys="\n".join(f"  {k.replace('_', '-')} {v}"
                            for k, v in keys.items()))
         path = os.path.join(self.directory, "zeo.conf")

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 CHECKED_WITH = "6.2"
 
+UPGRADE_RETRY = 1.0     # seconds between a fallback client's upgrade tries
+
 
 class ClientIO(ZEO.asyncio.client.ClientIO):
     """ZEO's connection manager, with what a failover needs.
@@ -52,6 +54,7 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
     lost = None            # address of the last lost connection
     _name = ""
     _last_sentence = None
+    _upgrade_handle = None
 
     def start_routing(self, router, name, sentence):
         """Called once by the storage (from the caller's thread, before any
@@ -92,6 +95,36 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
         route = self._ask(self.connection())
         if route is not None:
             self.use(route.addresses, route.leave, route.upgrade)
+            self._upgrade_later(route.upgrade)
+
+    def _upgrade_later(self, wanted):
+        """While a fallback client reads on a read-only connection and a
+        writable primary is named, try for a writable connection again
+        every UPGRADE_RETRY seconds.  Nothing in ZooKeeper may change to
+        tell it: a primary fenced while ZooKeeper was down, and unfenced
+        when it came back, looks the same before and after; and ZEO's own
+        retry after a refused registration waits about ten seconds."""
+        if self._upgrade_handle is not None:
+            self._upgrade_handle.cancel()
+            self._upgrade_handle = None
+        if wanted and not self.closed:
+            self._upgrade_handle = self.loop.call_later(
+                UPGRADE_RETRY, self._retry_upgrade)
+
+    def _retry_upgrade(self):
+        self._upgrade_handle = None
+        if self.closed or self.router is None:
+            return
+        route = self._ask(self.connection())
+        if route is None:
+            return
+        protocol = self.protocol
+        if route.upgrade and protocol is not None:
+            self.addrs = list(route.addresses)
+            self._retarget(keep=protocol, fresh=True)
+        else:
+            self.use(route.addresses, route.leave, route.upgrade)
+        self._upgrade_later(route.upgrade)
 
     def use(self, addresses, leave=False, upgrade=False):
         changed = list(addresses) != list(self.addrs)
@@ -117,15 +150,18 @@ class ClientIO(ZEO.asyncio.client.ClientIO):
     def _trying(self, current):
         return any(not p.closed for p in self.protocols if p is not current)
 
-    def _retarget(self, keep=None):
+    def _retarget(self, keep=None, fresh=False):
         """Attempts to exactly self.addrs (besides ``keep``): those under
-        way to an address still wanted go on, the others are closed."""
+        way to an address still wanted go on (unless ``fresh``: an attempt
+        refused before may be waiting out ZEO's long retry delay), the
+        others are closed."""
         wanted = list(self.addrs)
         going = []
         for p in self.protocols:
             if p is keep or p.closed:
                 continue
-            if p.addr in wanted and p.addr not in [g.addr for g in going]:
+            if not fresh and p.addr in wanted and \
+                    p.addr not in [g.addr for g in going]:
                 going.append(p)
             else:
                 p.close()

@@ -8,6 +8,8 @@
     zkzeo check URL [-t SECONDS] [--min-secondaries N] ...   (Nagios)
     zkzeo metrics URL [--port PORT | --once]                 (Prometheus)
 
+Every command takes ZooKeeper's credential (--auth-file FILE, else
+$ZKZEO_AUTH_FILE, else $ZKZEO_AUTH) and TLS options (--use-ssl, --ca, ...).
 It reads the cluster straight from ZooKeeper and asks the servers for their
 positions (ZEO's server_status).  Transitions are written to ZooKeeper as
 an *intent* in the cluster state (a compare-and-set); the servers carry it
@@ -18,10 +20,11 @@ they are done, or withdraws the intent, says why, and exits non-zero.
 import argparse
 import importlib.metadata
 import json
+import os
 import sys
 import time
 
-from kazoo.exceptions import BadVersionError
+from kazoo.exceptions import BadVersionError, NoAuthError
 from ZODB.TimeStamp import TimeStamp
 
 from . import ha, history, probe, zk
@@ -74,10 +77,10 @@ def format_time(seconds):
 class Cluster:
     """A command's view of one database: ZooKeeper plus the servers."""
 
-    def __init__(self, url, timeout=10.0):
+    def __init__(self, url, timeout=10.0, settings=None):
         hosts, self.path = parse_url(url)
         self.url = url
-        self.zk = zk.start(zk.make_client(hosts), timeout)
+        self.zk = zk.start(zk.make_client(hosts, settings=settings), timeout)
         self.view = ClusterView(self.zk, self.path)
         self.view.wait_ready(timeout)
 
@@ -502,8 +505,8 @@ def add_yes(command):
 
 def parser():
     p = ArgumentParser(
-        prog="zkzeo", description="Look after a zkzeo cluster.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="zkzeo", description="Look after a zkzeo cluster.  Each "
+        "command's --help lists its options with their defaults.")
     p.add_argument("--version", action="version",
                    version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -542,7 +545,61 @@ def parser():
     add_command(sub, "resume", cmd_resume, "resume automatic failover")
     from .monitoring import add_commands
     add_commands(sub)
+    add_connection_options(p, None)
+    for command in sub.choices.values():
+        # Before or after the command; a command's own copy must not
+        # overwrite a value given before it, hence SUPPRESS.
+        add_connection_options(command, argparse.SUPPRESS)
     return p
+
+
+def add_connection_options(p, default):
+    def option(*names, **kw):
+        kw.setdefault("default", default)
+        p.add_argument(*names, **kw)
+    group = p.add_argument_group(
+        "ZooKeeper credentials and TLS",
+        "Credentials: --auth-file, else $ZKZEO_AUTH_FILE, else $ZKZEO_AUTH "
+        "(USER:PASSWORD); --auth puts the password in the process list "
+        "and shell history, avoid it.")
+    p = group
+    option("--auth-file", metavar="FILE",
+           help="a file whose first line is USER:PASSWORD (digest "
+           "authentication)")
+    option("--auth", metavar="USER:PASSWORD", help="the credential itself "
+           "(visible to other users in the process list: prefer "
+           "--auth-file)")
+    option("--use-ssl", action="store_true", help="connect to ZooKeeper "
+           "with TLS")
+    option("--ca", metavar="PEM", help="CA certificate(s) of the ZooKeeper "
+           "servers' certificates")
+    option("--certfile", metavar="PEM", help="this client's certificate")
+    option("--keyfile", metavar="PEM", help="its private key")
+    option("--no-verify-certs", dest="verify_certs", action="store_false",
+           help="do not check the ZooKeeper servers' certificates")
+    option("--sasl-mechanism", metavar="DIGEST-MD5", help="authenticate "
+           "with SASL (the credential's USER:PASSWORD) instead of digest")
+    option("--no-check-hostname", dest="check_hostname",
+           action="store_false", help="do not check that a certificate "
+           "names its server's host")
+
+
+def connection_settings(args, environ=None):
+    """zk.Settings from the command line, else the environment."""
+    credential = {}
+    if args.auth_file or args.auth:
+        credential = {"auth_file": args.auth_file, "auth": args.auth}
+    else:
+        credential = zk.settings_from_environment(
+            os.environ if environ is None else environ)
+    return zk.settings(
+        use_ssl=args.use_ssl, ca=args.ca, certfile=args.certfile,
+        keyfile=args.keyfile,
+        verify_certs=True if args.verify_certs is None
+        else args.verify_certs,
+        check_hostname=True if args.check_hostname is None
+        else args.check_hostname, sasl_mechanism=args.sasl_mechanism,
+        **credential)
 
 
 def parse_args(p, argv):
@@ -555,8 +612,10 @@ def parse_args(p, argv):
 
 
 def connect(args, timeout=10.0):
-    """The command's Cluster (ZooKeeper connected within ``timeout``)."""
-    return Cluster(args.url, timeout)
+    """The command's Cluster: ZooKeeper connected within ``timeout``, with
+    the credential and TLS settings of the command line or environment
+    (ValueError if they are wrong)."""
+    return Cluster(args.url, timeout, settings=connection_settings(args))
 
 
 def main(argv=None):
@@ -566,7 +625,16 @@ def main(argv=None):
         # A monitoring plugin answers within its timeout, whatever happens.
         return args.plugin(args, connect, started)
     try:
-        cluster = connect(args)
+        settings = connection_settings(args)
+    except ValueError as e:
+        print(f"zkzeo: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cluster = Cluster(args.url, settings=settings)
+    except NoAuthError:
+        message = zk.no_auth_message(None, args.url, "read", settings)
+        print(f"zkzeo: {message}", file=sys.stderr)
+        return EXIT_FAILED
     except (LayoutError, zk.ZooKeeperUnreachable) as e:
         print(f"zkzeo: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, LayoutError) else EXIT_FAILED
@@ -574,6 +642,11 @@ def main(argv=None):
         return args.func(cluster, args)
     except CommandError as e:
         print(f"zkzeo {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except NoAuthError:
+        print(f"zkzeo {args.command}: "
+              f"{zk.no_auth_message(cluster.zk, cluster.path)}",
+              file=sys.stderr)
         return EXIT_FAILED
     finally:
         cluster.close()

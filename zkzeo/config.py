@@ -4,6 +4,7 @@ import socket
 
 from ZEO.zconfig import ClientStorageConfig
 
+from . import zk
 from .layout import LayoutError, check_path, parse_url
 
 
@@ -23,6 +24,27 @@ def zk_path(value):
         raise ValueError(str(e)) from None
 
 
+acl_mode = zk.acl_mode
+
+
+def zookeeper_settings(section, prefix=""):
+    """zk.Settings from the security keys of a <zookeeper> section (no
+    prefix) or of a <zkzeoclient> (prefix "zookeeper_")."""
+    def key(name):
+        return getattr(section, prefix + name)
+    try:
+        return zk.settings(
+            auth=key("auth"), auth_file=key("auth_file"),
+            acl=getattr(section, "acl", zk.ACL_OFF),
+            use_ssl=key("use_ssl"), ca=key("ca"), certfile=key("certfile"),
+            keyfile=key("keyfile"), verify_certs=key("verify_certs"),
+            check_hostname=key("check_hostname"),
+            sasl_mechanism=key("sasl_mechanism"))
+    except ValueError as e:
+        raise ValueError(f"{'zkzeoclient' if prefix else 'zookeeper'}: "
+                         f"{e}") from None
+
+
 class ZooKeeperConfig:
     """The <zookeeper> section of a zkrunzeo configuration."""
 
@@ -34,10 +56,10 @@ class ZooKeeperConfig:
         self.bootstrap = section.bootstrap
         self.advertise_host = section.advertise_host
         self.auto_failover = section.auto_failover
-        self.auth = section.auth
-        self.acl = section.acl
-        if self.acl and not self.auth:
-            raise ValueError("acl needs auth (USER:PASSWORD)")
+        # Credentials, ACL mode and TLS, read (auth-file) once, here.
+        self.settings = zookeeper_settings(section)
+        self.auth = self.settings.auth
+        self.acl = self.settings.acl
 
     def server_name(self, configfile):
         if self.name:
@@ -67,9 +89,11 @@ class ZooKeeperClientStorageConfig(ClientStorageConfig):
             options["client_label"] = config.client_label
         if config.ssl:
             options["ssl"], options["ssl_server_hostname"] = config.ssl
+        settings = zookeeper_settings(config, "zookeeper_")
         return ZooKeeperClientStorage(
             url,
             zookeeper_session_timeout=config.zookeeper_session_timeout,
+            zookeeper_settings=settings,
             blob_dir=config.blob_dir,
             shared_blob_dir=config.shared_blob_dir,
             storage=config.storage,

@@ -10,18 +10,22 @@
 and zdaemon.conf, each process run by zdaemon (so ``zdaemon -C
 DIR/s1/zdaemon.conf status|stop|start|restart`` work too).  Server logs go to
 DIR/NAME/server.log, rotated by ZConfig's logfile handler.  It then prints
-the zk: URL for applications and the status table.  ``stop`` stops every
+the zk: URL for applications and the status table.  The cluster's
+ZooKeeper nodes are private: ``start`` writes a fresh credential to
+DIR/zookeeper.auth (mode 600), gives it to the servers (``auth-file``, ``acl
+private``) and prints how applications and the zkzeo command use it.  ``stop`` stops every
 process it started.
 """
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 
-from . import cli
+from . import cli, zk
 from .conffiles import server_config, zdaemon_config
 from .zkserver import ZooKeeperServer, free_port
 
@@ -86,15 +90,42 @@ class LocalCluster:
                      "own_zookeeper": zookeeper is None}
             if zookeeper is None:
                 state["zookeeper"] = f"127.0.0.1:{free_port()}"
+            state["auth_file"] = self.write_credential()
             self.save(state)
         if state["own_zookeeper"]:
             self.start_zookeeper(state)
         for name in state["servers"]:
             self.start_server(state, name)
         say(f"applications use: {self.url(state)}")
+        if state.get("auth_file"):
+            say(f"with the ZooKeeper credential in {state['auth_file']} "
+                "(only its holder may read or change the cluster's nodes): "
+                f"zkzeo.DB(url, zookeeper_auth_file={state['auth_file']!r}),"
+                f" or export ZKZEO_AUTH_FILE={state['auth_file']} (also for "
+                "the zkzeo command)")
         self.create_root(state)
         self.wait_caught_up(state)
-        return cli.main(["status", self.url(state)])
+        return cli.main(self.cli_options(state) + ["status", self.url(state)])
+
+    def write_credential(self):
+        """A fresh ZooKeeper credential, readable by this user only."""
+        path = os.path.join(self.directory, "zookeeper.auth")
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"zkzeo:{secrets.token_urlsafe(24)}\n")
+        return path
+
+    def cli_options(self, state):
+        auth_file = state.get("auth_file")
+        return ["--auth-file", auth_file] if auth_file else []
+
+    def settings(self, state):
+        return zk.settings(auth_file=state.get("auth_file"))
+
+    def client_options(self, state):
+        auth_file = state.get("auth_file")
+        return {"zookeeper_auth_file": auth_file} if auth_file else {}
 
     def start_zookeeper(self, state):
         host, port = state["zookeeper"].rsplit(":", 1)
@@ -119,6 +150,9 @@ class LocalCluster:
                 blob_dir=os.path.join(directory, "blobs"),
                 log_file=os.path.join(directory, "server.log"),
                 session_timeout=4,
+                zookeeper_options={"auth-file": state["auth_file"],
+                                   "acl": "private"}
+                if state.get("auth_file") else None,
                 replication_options={"reconnect-max-delay": 1}))
         self.write_daemon(name, [sys.executable, "-m", "zkzeo.server",
                                  "-C", conf])
@@ -133,10 +167,11 @@ class LocalCluster:
         """Open the database once: a new one gets its root object (its
         first transaction), which the secondaries then replicate."""
         import zkzeo
-        zkzeo.DB(self.url(state), wait_timeout=60).close()
+        zkzeo.DB(self.url(state), wait_timeout=60,
+                 **self.client_options(state)).close()
 
     def wait_caught_up(self, state, timeout=120):
-        cluster = cli.Cluster(self.url(state))
+        cluster = cli.Cluster(self.url(state), settings=self.settings(state))
         try:
             def caught_up():
                 _, rows = cli.status_rows(cluster)
@@ -160,7 +195,8 @@ class LocalCluster:
         return 0
 
     def status(self):
-        return cli.main(["status", self.url(self.load())])
+        state = self.load()
+        return cli.main(self.cli_options(state) + ["status", self.url(state)])
 
     def demo(self):
         """A failover, narrated: kill the primary, promote, recover."""
@@ -168,7 +204,7 @@ class LocalCluster:
         import zkzeo
         state = self.load()
         url = self.url(state)
-        cluster = cli.Cluster(url)
+        cluster = cli.Cluster(url, settings=self.settings(state))
         try:
             return self._demo(state, url, cluster, zkzeo, transaction)
         finally:
@@ -181,7 +217,8 @@ class LocalCluster:
         logging.getLogger("ZEO").setLevel(logging.CRITICAL)
         primary = cluster.snapshot().state.primary
         say(f"1. a client opens {url} with read_only_fallback and writes")
-        db = zkzeo.DB(url, read_only_fallback=True, wait_timeout=60)
+        db = zkzeo.DB(url, read_only_fallback=True, wait_timeout=60,
+                      **self.client_options(state))
         with db.transaction() as conn:
             conn.root.demo = getattr(conn.root, "demo", 0) + 1
             value = conn.root.demo
@@ -206,7 +243,7 @@ class LocalCluster:
             "has expired")
         self.wait(lambda: cluster.snapshot().primary is None,
                   "the dead primary's node to expire", 60)
-        cli.main(["promote", url])
+        cli.main(self.cli_options(state) + ["promote", url])
         self.wait(lambda: db.storage.is_connected() and
                   not db.storage.isReadOnly(), "a read-write reconnection")
         with db.transaction() as conn:
@@ -216,7 +253,7 @@ class LocalCluster:
         say(f"5. {primary} comes back and follows the new primary")
         self.start_server(state, primary)
         self.wait_caught_up(state)
-        return cli.main(["status", url])
+        return cli.main(self.cli_options(state) + ["status", url])
 
     def kill(self, name):
         """SIGKILL a server and its zdaemon (a crash zdaemon won't mend)."""

@@ -18,10 +18,13 @@ from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
                                     GaugeMetricFamily, InfoMetricFamily)
 from prometheus_client.exposition import generate_latest, start_http_server
 
+from kazoo.exceptions import NoAuthError
+
 from . import zk
-from .cli import (EXIT_OK, CommandError, missing_secondaries,
-                  require_cluster, say, status_rows, tid_time)
-from .layout import REPLICATION_STATES, LayoutError
+from .cli import (EXIT_OK, CommandError, connection_settings,
+                  missing_secondaries, require_cluster, say, status_rows,
+                  tid_time)
+from .layout import REPLICATION_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +153,12 @@ def _check_within(args, connect, deadline, result, opened):
     def work():
         try:
             result["value"] = check_once(args, connect, deadline, opened)
-        except (LayoutError, zk.ZooKeeperUnreachable, CommandError) as e:
+        except (ValueError, zk.ZooKeeperUnreachable, CommandError) as e:
+            # LayoutError is a ValueError, as are bad credential settings.
             result["value"] = (UNKNOWN, str(e), "")
+        except NoAuthError:
+            result["value"] = (UNKNOWN, zk.no_auth_message(
+                None, args.url, "read", connection_settings(args)), "")
         except Exception as e:       # a plugin answers, whatever happens
             logger.debug("check failed", exc_info=True)
             result["value"] = (UNKNOWN, f"{e.__class__.__name__}: {e}", "")

@@ -16,11 +16,21 @@
     sync-replicas = 0
     auto-failover =
     log-file = ${buildout:parts-directory}/${:_buildout_section_name_}/server.log
+    # ZooKeeper security (docs/security-zookeeper.md), none by default:
+    zookeeper-auth-file = /etc/zkzeo/zookeeper.auth   (USER:PASSWORD)
+    zookeeper-acl = private              (off, world-read or private)
+    zookeeper-use-ssl = true
+    zookeeper-ca = /etc/zkzeo/zookeeper-ca.pem
+    zookeeper-certfile = /etc/zkzeo/server.pem
+    zookeeper-keyfile = /etc/zkzeo/server.key
 
 It writes ``parts/NAME/zeo.conf`` and ``parts/NAME/zdaemon.conf``, a
 ``bin/NAME-server`` script (zkrunzeo with this buildout's eggs) and the
 control script ``bin/NAME`` (zdaemon: ``start``, ``stop``, ``status``,
-``restart``, ``fg``...).  ``blob-dir`` empty means no blobs.
+``restart``, ``fg``...).  ``blob-dir`` empty means no blobs.  The
+``zookeeper-*`` security options become the ``<zookeeper>`` section's keys
+without the prefix; the credential itself never goes in the buildout (only
+the name of its file).
 """
 import os
 
@@ -29,12 +39,32 @@ import zc.buildout.easy_install
 
 from .conffiles import server_config, zdaemon_config
 
+# recipe option -> key of the <zookeeper> section
+ZOOKEEPER_OPTIONS = {
+    "auto-failover": "auto-failover",
+    "zookeeper-auth-file": "auth-file",
+    "zookeeper-acl": "acl",
+    "zookeeper-use-ssl": "use-ssl",
+    "zookeeper-ca": "ca",
+    "zookeeper-certfile": "certfile",
+    "zookeeper-keyfile": "keyfile",
+    "zookeeper-verify-certs": "verify-certs",
+    "zookeeper-check-hostname": "check-hostname",
+    "zookeeper-sasl-mechanism": "sasl-mechanism",
+}
+
 class Server:
 
     def __init__(self, buildout, name, options):
         self.buildout = buildout
         self.name = name
         self.options = options
+        if options.get("zookeeper-auth"):
+            raise zc.buildout.UserError(
+                f"[{name}] zookeeper-auth would put the password in "
+                "buildout.cfg and zeo.conf: write USER:PASSWORD in a file "
+                "readable by the server's user only and give "
+                "zookeeper-auth-file")
         for key in ("zookeeper", "zookeeper-path"):
             if not options.get(key):
                 raise zc.buildout.UserError(
@@ -66,8 +96,10 @@ class Server:
                 address=options["address"],
                 replicate_to=options["replicate-to"],
                 session_timeout=options["session-timeout"],
-                zookeeper_options={"auto-failover": options["auto-failover"]}
-                if options["auto-failover"] else None,
+                zookeeper_options={
+                    key: options[option]
+                    for option, key in ZOOKEEPER_OPTIONS.items()
+                    if options.get(option)},
                 replication_options={
                     "sync-replicas": options["sync-replicas"]}))
 

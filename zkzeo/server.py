@@ -13,10 +13,28 @@ It is ZEO's runzeo, extended through ``ZEOServer``'s hooks:
 * ``close_server`` removes the node first, so clients stop using the server
   at once on a clean stop (SIGTERM).
 
-kazoo runs on its own threads; replication on its gevent hub; ZEO on its
-asyncio loop.  The only crossings are kazoo watch callbacks reading the
-``ClusterView`` snapshot, and the replication follower calling
-``primary_replication_address`` (a read of that snapshot).
+Threads of one server::
+
+    main thread        ZEO's asyncio loop: client connections, the storage
+                       API (a commit's tpc_* run here and check fencing and
+                       the write lease), and tpc_finish's wait for ACKs.
+    replication hub    gevent, one thread (replication/hub.py): the source's
+                       stream server and the follower's stream client.
+    kazoo's threads    connection and event threads: ClusterView watches,
+                       connection-state listeners, re-registration.
+    zkzeo-controller   the HA loop (controller.py): snapshot -> ha.decide ->
+                       action; role changes of the storage.
+    zkzeo-lease        renews the write lease (lease.py).
+
+    crossings:  kazoo -> controller         an Event (wake), never blocking
+                lease -> controller         the same Event
+                lease -> storage            ``lease_until`` (a float)
+                controller -> storage       fenced / become_primary /
+                                            become_secondary (role lock);
+                                            ZEO's connections closed through
+                                            StorageServer._invalidateCache
+                follower (hub) -> snapshot  ``primary_replication_address``
+                                            reads the immutable Snapshot
 """
 import logging
 import os
@@ -64,8 +82,8 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
         check_configuration(self.options)
         self.zk = zk.start_patiently(zk.make_client(
             config.connection, session_timeout=config.session_timeout,
-            auth=config.auth, acl=config.acl))
-        self.zk.ensure_path(config.path)
+            settings=config.settings))
+        zk.ensure_cluster_path(self.zk, config.path)
         self.view = ClusterView(self.zk, config.path)
         self.view.wait_ready(30)
         self.role, self.epoch = self._decide_role(config)

@@ -34,6 +34,8 @@ import threading
 from ZEO.ClientStorage import ClientStorage
 from ZODB.POSException import ReadOnlyError
 
+from replication import quietlogs
+
 from . import _zeo_compat, zk
 from .discovery import ClusterView
 from .layout import parse_url
@@ -49,6 +51,7 @@ class ZooKeeperClientStorage(ClientStorage):
 
     def __init__(self, url, *args, zookeeper_timeout=ZK_CONNECT_TIMEOUT,
                  zookeeper_session_timeout=10.0, **kw):
+        quietlogs.install()      # failover refusals: one line each
         if args and isinstance(args[0], str) and "://" in args[0]:
             raise TypeError("pass the zkzeo URL once, as the first argument")
         self.zookeeper_url = url
@@ -65,7 +68,8 @@ class ZooKeeperClientStorage(ClientStorage):
         self._oid_block_of = None
         self._connections = 0
         self._zk = zk.start(
-            zk.make_client(hosts, session_timeout=zookeeper_session_timeout),
+            zk.make_client(hosts, session_timeout=zookeeper_session_timeout,
+                           settings=zk.settings_from_kwargs(kw)),
             zookeeper_timeout)
         try:
             self._view = ClusterView(self._zk, self.zookeeper_path)
@@ -118,6 +122,10 @@ class ZooKeeperClientStorage(ClientStorage):
             self._connections += 1
         if not conn.is_read_only():
             conn.lost = None
+        elif self._mode == FALLBACK:
+            # Read-only: should it try for a writable one now (and again)?
+            _zeo_compat.call_soon_in_io_thread(
+                self, _zeo_compat.client_io(self).reroute)
 
     def new_oid(self):
         """A new oid, from a block the *current* server handed out.
