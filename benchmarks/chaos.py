@@ -12,10 +12,11 @@ whose ``transaction.commit()`` returned.
 
 Each cycle applies one fault, chosen by a seeded RNG (``--seed``; or the
 list given with ``--faults``), then waits (with a timeout) until the cluster
-has healed: the cluster state names a primary that is registered as such,
-every server is registered and every secondary has caught up with the
-primary's last transaction, and every writer has had a commit acknowledged
-since.  Faults:
+has healed: the cluster state names a primary that is registered as such
+and says it accepts writes, every server is registered, every secondary
+says it follows and has caught up with the primary's last transaction (as
+the servers themselves answer), and every writer has had a commit
+acknowledged since.  Faults:
 
   primary-kill     SIGKILL of the primary; restarted once another server
                    is primary (it rejoins as a secondary)
@@ -45,12 +46,14 @@ exit status):
 - servers stuck (must be 0): a server that did not rejoin and catch up
   within --heal-timeout, counted once per episode;
 - clients stuck (must be 0): writers with no acknowledged commit within
-  --stuck-after seconds of the moment a primary was ready for them (a new
-  one registered after a primary fault, ZooKeeper back after a ZooKeeper
-  fault, at once after a secondary fault), counted per fault and writer;
+  --stuck-after seconds of the moment a primary was ready for them (another
+  one accepting writes after a primary fault, the primary accepting writes
+  again after a ZooKeeper fault, at once after a secondary fault), counted
+  per fault and writer;
 - whether the servers' Data.fs files hold identical transactions (must);
-- seconds from each fault to the first acknowledged commit after it
-  (median, max), per kind of fault.
+- seconds from each fault to the first acknowledged commit made after it
+  (by its tid's time), to one by every writer, and from the moment a
+  primary was ready to one by every writer (median, max), per kind.
 
 Usage::
 

@@ -113,21 +113,21 @@ def write(server, tmp_path, **values):
 
 
 def read_value(server, tmp_path, key, value):
-    """Wait until a read-only client of ``server`` sees key=value."""
-    db = replica_db(ZEO.client(
-        server.address, read_only=True, wait_timeout=60,
-        blob_dir=str(tmp_path / f"reader-{server.name}"),
-        shared_blob_dir=False))
-    try:
-        conn = db.open()
-
-        def check():
+    """Wait until a read-only client of ``server`` sees key=value (a
+    secondary drops its clients when it installs a byte copy: open again).
+    """
+    def check():
+        db = replica_db(ZEO.client(
+            server.address, read_only=True, wait_timeout=60,
+            blob_dir=str(tmp_path / f"reader-{server.name}"),
+            shared_blob_dir=False))
+        try:
+            conn = db.open()
             transaction.begin()
             return getattr(conn.root, key, None) == value
-        wait_for(check, f"{key}={value!r} on {server.name}")
-        conn.close()
-    finally:
-        db.close()
+        finally:
+            db.close()
+    wait_for(check, f"{key}={value!r} on {server.name}", interval=0.2)
 
 
 # --- attackers ------------------------------------------------------------

@@ -238,7 +238,9 @@ def test_private_acl_clients_need_the_credential(cluster, zookeeper,
                                      env={"ZKZEO_AUTH_FILE": auth_file})
     assert status == 0 and "primary s1" in out, err
 
-    with pytest.raises(NoAuthError):
+    from zkzeo.zk import CredentialsError
+    # Told which credential to give, not a bare NoAuthError.
+    with pytest.raises(CredentialsError, match="NoAuth.*zookeeper_auth_file"):
         zkzeo.client(zk_url, wait_timeout=5)
     db = zkzeo.DB(zk_url, zookeeper_auth_file=auth_file, wait_timeout=60)
     try:
@@ -433,3 +435,4 @@ def test_who_may_change_a_path():
     for acls, settings, expected in table:
         assert zkutil._may_change(acls, settings) is expected, (acls,
                                                                  settings)
+

@@ -14,7 +14,7 @@ class ZKServer(ServerProcess):
 
     def __init__(self, directory, name, connection, path,
                  session_timeout=2.0, bootstrap=True, zookeeper_options=None,
-                 replication_options=None):
+                 replication_options=None, zeo_extra=""):
         ServerProcess.__init__(self, directory, name)
         self.connection = connection
         self.zk_path = path
@@ -24,6 +24,7 @@ class ZKServer(ServerProcess):
         self.replication_options = {"keep-alive-delay": 0.5,
                                     "reconnect-max-delay": 0.3}
         self.replication_options.update(replication_options or {})
+        self.zeo_extra = zeo_extra
 
     def write_config(self):
         conf = os.path.join(self.directory, "zeo.conf")
@@ -32,7 +33,8 @@ class ZKServer(ServerProcess):
                 self.connection, self.zk_path, self.name, self.path,
                 blob_dir=self.blobs, session_timeout=self.session_timeout,
                 zookeeper_options=self.zookeeper_options,
-                replication_options=self.replication_options))
+                replication_options=self.replication_options,
+                zeo_extra=self.zeo_extra))
         return conf
 
     def start(self, wait=True):

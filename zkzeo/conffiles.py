@@ -23,7 +23,7 @@ ZDAEMON_CONF = """\
 SERVER_CONF = """\
 <zeo>
   address {address}
-</zeo>
+{zeo_extra}</zeo>
 <zookeeper>
   connection {zookeeper}
   path {path}
@@ -60,13 +60,16 @@ def _keys(options):
 def server_config(zookeeper, path, name, file_storage, blob_dir=None,
                   log_file="STDOUT", address="127.0.0.1:0",
                   replicate_to="127.0.0.1:0", session_timeout=10,
-                  zookeeper_options=None, replication_options=None):
+                  zookeeper_options=None, replication_options=None,
+                  zeo_extra=""):
     """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
     (``replicate-from zk:``).  The options dicts add keys to the
-    ``<zookeeper>`` and ``<replication>`` sections.  A log file (not
+    ``<zookeeper>`` and ``<replication>`` sections; ``zeo_extra`` is text
+    added to the ``<zeo>`` section (an ``<ssl>`` subsection, say).  A log file (not
     STDOUT) is rotated by ZConfig: 10 MB, five old files."""
     return SERVER_CONF.format(
-        address=address, zookeeper=zookeeper, path=path, name=name,
+        address=address, zeo_extra=zeo_extra, zookeeper=zookeeper,
+        path=path, name=name,
         session_timeout=session_timeout,
         zookeeper_extra=_keys(zookeeper_options or {}),
         replicate_to=replicate_to,

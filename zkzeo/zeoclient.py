@@ -31,6 +31,7 @@ Threads of one client::
 import logging
 import threading
 
+from kazoo.exceptions import NoAuthError
 from ZEO.ClientStorage import ClientStorage
 from ZODB.POSException import ReadOnlyError
 
@@ -72,7 +73,11 @@ class ZooKeeperClientStorage(ClientStorage):
                            settings=zk.settings_from_kwargs(kw)),
             zookeeper_timeout)
         try:
-            self._view = ClusterView(self._zk, self.zookeeper_path)
+            try:
+                self._view = ClusterView(self._zk, self.zookeeper_path)
+            except NoAuthError:
+                raise zk.CredentialsError(zk.no_auth_message(
+                    self._zk, self.zookeeper_path, "read")) from None
             self._view.wait_ready(zookeeper_timeout)
             snapshot = self._view.snapshot
             first = route(snapshot, self._mode)
