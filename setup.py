@@ -22,6 +22,7 @@ setup(
         "gevent",
         "kazoo",
         "zodburi",
+        "prometheus_client",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "zope.testing", "manuel", "zc.buildout",

@@ -660,7 +660,7 @@ class Bench:
             cluster.wait_replicated(tid)
             time.sleep(0.3)
             t0 = time.monotonic()
-            status, output = run_cli(["switchover", cluster.url])
+            status, output = run_cli(["switchover", "--yes", cluster.url])
             t1 = time.monotonic()
             if status != 0:
                 raise BenchError(f"zkzeo switchover failed ({status}):\n"

@@ -122,7 +122,7 @@ def test_switchover_under_write_load_loses_nothing(cluster, tree, zk_url,
     thread.start()
     try:
         wait_for(lambda: len(committed) > 20, "some commits before")
-        status, out = zkzeo_command("switchover", zk_url, "--to", "s2",
+        status, out = zkzeo_command("switchover", zk_url, "--yes", "--to", "s2",
                                     capsys=capsys)
         assert status == 0, out.err
         assert "is primary and accepts writes" in out.out
@@ -200,7 +200,7 @@ def test_old_epoch_primary_is_fenced_when_replaced(cluster, tree, zk_url,
     wait_for(lambda: tree.by_name()["s2"]["replication_state"] ==
              "following", "s2 to say it follows")
     # Promote s2 while s1 still runs (--force): s1 must step down.
-    status, out = zkzeo_command("promote", zk_url, "--force", "--to", "s2",
+    status, out = zkzeo_command("promote", zk_url, "--force", "--yes", "--to", "s2",
                                 capsys=capsys)
     assert status == 0, out.err
     wait_for(lambda: tree.by_name()["s1"]["role"] == "secondary",

@@ -186,8 +186,9 @@ def test_every_cli_command_works_with_acls(cluster, zookeeper, zk_path,
         status, out, err = zkzeo_command(*args)
         assert status == 0, err
     # Changing does: a one-line error saying what to give, nothing changed.
-    for args in (["pause", zk_url], ["switchover", zk_url, "--to", "s2"],
-                 ["promote", zk_url, "--force", "--to", "s2"]):
+    for args in (["pause", zk_url],
+                 ["switchover", zk_url, "--yes", "--to", "s2"],
+                 ["promote", zk_url, "--force", "--yes", "--to", "s2"]):
         status, out, err = zkzeo_command(*args)
         assert status == 1, (args, out, err)
         assert_one_line_no_auth(err)
@@ -206,14 +207,15 @@ def test_every_cli_command_works_with_acls(cluster, zookeeper, zk_path,
                                      auth_file)
     assert status == 0, err
     assert not tree.state().get("paused")
-    status, out, err = zkzeo_command("switchover", zk_url, "--to", "s2",
-                                     env=with_file)
+    status, out, err = zkzeo_command("switchover", zk_url, "--yes",
+                                     "--to", "s2", env=with_file)
     assert status == 0, out + err
     assert tree.state()["primary"] == "s2"
     wait_for(lambda: tree.by_name().get("s1", {}).get(
         "replication_state") == "following", "s1 to follow s2")
-    status, out, err = zkzeo_command("promote", zk_url, "--force", "--to",
-                                     "s1", env={"ZKZEO_AUTH": CREDENTIAL})
+    status, out, err = zkzeo_command("promote", zk_url, "--force", "--yes",
+                                     "--to", "s1",
+                                     env={"ZKZEO_AUTH": CREDENTIAL})
     assert status == 0, out + err
     assert tree.state()["primary"] == "s1"
     for args in (["status", zk_url], ["check", zk_url],

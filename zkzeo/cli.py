@@ -1,11 +1,12 @@
 """``zkzeo``: the operator's command.
 
-    zkzeo status URL [--json]
-    zkzeo promote URL [--to NAME] [--force] [--timeout SECONDS]
-    zkzeo switchover URL [--to NAME] [--timeout SECONDS]
+    zkzeo status URL [--json] [--min-secondaries N]
+    zkzeo history URL [--json]                  (epochs and their primaries)
+    zkzeo promote URL [--to NAME] [--force] [--yes] [--timeout SECONDS]
+    zkzeo switchover URL [--to NAME] [--yes] [--timeout SECONDS]
     zkzeo pause URL / zkzeo resume URL          (automatic failover)
-    zkzeo check URL [--lag-warning S] [--lag-critical S] ...   (Nagios)
-    zkzeo metrics URL [--port PORT | --once]                  (Prometheus)
+    zkzeo check URL [-t SECONDS] [--min-secondaries N] ...   (Nagios)
+    zkzeo metrics URL [--port PORT | --once]                 (Prometheus)
 
 Every command takes ZooKeeper's credential (--auth-file FILE, else
 $ZKZEO_AUTH_FILE, else $ZKZEO_AUTH) and TLS options (--use-ssl, --ca, ...).
@@ -17,6 +18,7 @@ never picks a target itself.  It reports their progress and waits until
 they are done, or withdraws the intent, says why, and exits non-zero.
 """
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -25,7 +27,7 @@ import time
 from kazoo.exceptions import BadVersionError, NoAuthError
 from ZODB.TimeStamp import TimeStamp
 
-from . import ha, probe, zk
+from . import ha, history, probe, zk
 from .discovery import ClusterView
 from .layout import (PROMOTE, PRIMARY, SECONDARY, SWITCHOVER, Intent,
                      LayoutError, parse_url)
@@ -36,6 +38,23 @@ Z64 = "0" * 16
 
 class CommandError(Exception):
     """What went wrong, in a sentence for the operator; exit status 1."""
+
+
+class NoCluster(CommandError):
+    """The path holds no zkzeo cluster (a wrong path, most likely)."""
+
+
+def require_cluster(snapshot):
+    """NoCluster unless ``snapshot``'s path holds a cluster: a state or a
+    registered server (servers that may not bootstrap register before any
+    state exists)."""
+    if not snapshot.exists:
+        raise NoCluster(f"{snapshot.path} holds no zkzeo cluster: there is "
+                        "no such node in ZooKeeper (is the path right?)")
+    if snapshot.state.primary is None and snapshot.state.epoch == 0 and \
+            not snapshot.servers:
+        raise NoCluster(f"{snapshot.path} holds no zkzeo cluster: no "
+                        "cluster state, and no server is registered")
 
 
 def say(text):
@@ -94,16 +113,20 @@ class Cluster:
                                    f"{timeout:g}s")
             time.sleep(0.05)
 
-    def close(self):
+    def close(self, timeout=5.0):
         self.view.stop()
-        zk.stop(self.zk)
+        zk.stop(self.zk, timeout)
 
 
 # --- status ------------------------------------------------------------------
 
-def status_rows(cluster):
+ZEO_COUNTS = ("loads", "stores", "commits", "aborts", "conflicts",
+              "conflicts_resolved", "active_txns", "waiting")
+
+
+def status_rows(cluster, probe_timeout=5.0):
     snapshot = cluster.snapshot()
-    positions = cluster.positions(snapshot)
+    positions = cluster.positions(snapshot, probe_timeout)
     primary = snapshot.primary
     primary_time = None
     if primary is not None and positions.get(primary.name):
@@ -125,6 +148,9 @@ def status_rows(cluster):
             # not counting the connection that asked
             "clients": max(0, status["connections"] - 1) if status else None,
             "commits": status.get("commits") if status else None,
+            # ZEO's own counters since the server started (server_status)
+            "zeo": {k: status[k] for k in ZEO_COUNTS
+                    if isinstance(status.get(k), int)} if status else None,
             "frozen": "frozen_tid" in server.extra,
             # As the server says it: "accepting commits" for a primary,
             # its replication state for a secondary.
@@ -150,14 +176,24 @@ def server_state(server):
     return server.replication_state or "unknown"
 
 
+def missing_secondaries(rows, expected):
+    """How many of ``expected`` secondaries are not registered at all (a
+    server whose session expired leaves no node behind)."""
+    registered = sum(1 for r in rows if r["role"] == SECONDARY)
+    return max(0, (expected or 0) - registered)
+
+
 def cmd_status(cluster, args):
+    require_cluster(cluster.snapshot())
     snapshot, rows = status_rows(cluster)
     state = snapshot.state
+    missing = missing_secondaries(rows, args.min_secondaries)
     if args.json:
         print(json.dumps({"path": snapshot.path, "primary": state.primary,
                           "epoch": state.epoch,
                           "intent": state.intent.to_json() if state.intent
                           else None, "paused": state.paused,
+                          "missing_secondaries": missing,
                           "servers": rows}, indent=2))
         return EXIT_OK
     say(f"{snapshot.path}: primary {state.primary or '(none)'}, epoch "
@@ -167,6 +203,8 @@ def cmd_status(cluster, args):
         (", automatic failover paused" if state.paused else ""))
     if not rows:
         say("no server is registered")
+        if missing:
+            say(f"WARNING: {missing} expected secondaries are missing")
         return EXIT_OK
     header = ("NAME", "ADDRESS", "ROLE", "STATE", "EPOCH",
               "LAST TRANSACTION (UTC)", "LAG", "CLIENTS")
@@ -188,7 +226,71 @@ def cmd_status(cluster, args):
         advice = STATE_ADVICE.get(r["state"])
         if advice:
             say(f"WARNING: {r['name']} is {r['state']}: {advice}")
+    if missing:
+        say(f"WARNING: {missing} of {args.min_secondaries} expected "
+            "secondaries are not registered (stopped, or their ZooKeeper "
+            "session expired)")
     return EXIT_OK
+
+
+# --- history -----------------------------------------------------------------
+
+def history_entries(cluster, snapshot):
+    """The recorded epochs, plus the current one if it was not recorded
+    (a cluster older than the history, or a recording that failed)."""
+    entries = [dict(e, recorded=True)
+               for e in history.read(cluster.zk, cluster.path)]
+    state = snapshot.state
+    if state.primary is not None and \
+            not any(e["epoch"] == state.epoch for e in entries):
+        entries.append({"epoch": state.epoch, "primary": state.primary,
+                        "since": None, "previous": None, "recorded": False})
+    return sorted(entries, key=lambda e: e["epoch"])
+
+
+def cmd_history(cluster, args):
+    snapshot = cluster.snapshot()
+    require_cluster(snapshot)
+    entries = history_entries(cluster, snapshot)
+    if args.json:
+        print(json.dumps({"path": snapshot.path,
+                          "epoch": snapshot.state.epoch,
+                          "epochs": entries}, indent=2))
+        return EXIT_OK
+    if not entries:
+        say(f"{snapshot.path}: no primary was ever named")
+        return EXIT_OK
+    table = [("EPOCH", "PRIMARY", "SINCE (UTC)", "AFTER")] + [
+        (str(e["epoch"]), str(e["primary"]),
+         format_time(e["since"]) if e["since"] is not None
+         else "(not recorded)", e["previous"] or "-") for e in entries]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        say("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+# --- confirmation ------------------------------------------------------------
+
+def confirm(args, question):
+    """Ask the operator (``--yes`` answers for them); CommandError unless
+    they said yes.  Without a terminal nobody can answer: that is an
+    error that says to pass --yes, never a silent yes."""
+    if args.yes:
+        return
+    try:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        interactive = False
+    if not interactive:
+        raise CommandError(f"{question} Standard input is not a terminal, "
+                           "so nobody can confirm: pass --yes to go ahead")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CommandError("not confirmed; nothing was changed")
 
 
 # --- transitions: intents the servers carry out -------------------------------
@@ -292,6 +394,7 @@ def check_target(snapshot, name, now=True):
 
 def cmd_promote(cluster, args):
     snapshot = cluster.snapshot()
+    require_cluster(snapshot)
     old = snapshot.primary
     if old is not None and not args.force:
         raise CommandError(
@@ -300,6 +403,11 @@ def cmd_promote(cluster, args):
             "is really dead or hung (a live old primary stops accepting "
             "commits, and the new one waits out its write lease)")
     check_target(snapshot, args.to)
+    if args.force:
+        where = f" at {old.child}" if old is not None else ""
+        confirm(args, f"Promote {args.to or 'the most up-to-date secondary'}"
+                f" of {snapshot.path} although primary {snapshot.state.primary}"
+                f" may still be running{where}?")
     say(f"asking the servers to promote {args.to or 'the most up-to-date secondary'}")
     return carry_out(cluster, snapshot,
                      Intent(PROMOTE, args.to, force=args.force),
@@ -308,12 +416,15 @@ def cmd_promote(cluster, args):
 
 def cmd_switchover(cluster, args):
     snapshot = cluster.snapshot()
+    require_cluster(snapshot)
     state = snapshot.state
     if snapshot.primary is None:
         raise CommandError(f"primary {state.primary} is not registered: a "
                            "switchover needs a live primary; use "
                            "'zkzeo promote'")
     check_target(snapshot, args.to, now=False)
+    confirm(args, f"Switch the primary of {snapshot.path} over from "
+            f"{state.primary} to {args.to or 'a caught-up secondary'}?")
     say(f"asking {state.primary} to hand over to "
         f"{args.to or 'a caught-up secondary'}")
     return carry_out(cluster, snapshot, Intent(SWITCHOVER, args.to),
@@ -330,8 +441,7 @@ def cmd_resume(cluster, args):
 
 def set_paused(cluster, paused):
     snapshot = cluster.snapshot()
-    if not snapshot.exists or snapshot.state.primary is None:
-        raise CommandError(f"{snapshot.path} holds no zkzeo cluster")
+    require_cluster(snapshot)
     if snapshot.state.paused != paused:
         cluster.set_state(snapshot.state.with_(paused=paused),
                           snapshot.state_version)
@@ -342,37 +452,98 @@ def set_paused(cluster, paused):
 
 # --- main --------------------------------------------------------------------
 
+URL_HELP = "zk://HOST:PORT[,...]/path, or zk:/path with $ZOOKEEPER"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with the exit status of a usage error per command: a
+    monitoring plugin's is UNKNOWN (3), never 2, which Nagios reads as
+    CRITICAL."""
+
+    usage_status = EXIT_USAGE
+
+    def error(self, message):
+        if self.usage_status != EXIT_USAGE:
+            print(f"ZKZEO UNKNOWN - usage error: {message}", flush=True)
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_status, f"{self.prog}: error: {message}\n")
+
+
+def version():
+    try:
+        return importlib.metadata.version("zkzeo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_command(sub, name, func, help, **defaults):
+    command = sub.add_parser(
+        name, help=help, description=help[:1].upper() + help[1:] + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("url", help=URL_HELP)
+    command.set_defaults(func=func, **defaults)
+    return command
+
+
+def add_json(command):
+    command.add_argument("--json", action="store_true",
+                         help="print JSON for scripts instead of text")
+
+
+def add_min_secondaries(command):
+    command.add_argument(
+        "--min-secondaries", type=int, default=0, metavar="N",
+        help="expect N secondaries: fewer following is CRITICAL (check), "
+        "and secondaries that are not even registered are reported as "
+        "missing")
+
+
+def add_yes(command):
+    command.add_argument("-y", "--yes", action="store_true",
+                         help="do not ask for confirmation (needed when "
+                         "standard input is not a terminal)")
+
+
 def parser():
-    p = argparse.ArgumentParser(
-        prog="zkzeo", description="Look after a zkzeo cluster.")
-    sub = p.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="the servers, their roles and "
-                            "positions")
-    status.add_argument("url", help="zk://HOST:PORT[,...]/path or zk:/path")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_status)
-    promote = sub.add_parser("promote", help="make a secondary the primary "
-                             "(the primary is dead)")
-    promote.add_argument("url")
-    promote.add_argument("--to", metavar="NAME")
+    p = ArgumentParser(
+        prog="zkzeo", description="Look after a zkzeo cluster.  Each "
+        "command's --help lists its options with their defaults.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = add_command(sub, "status", cmd_status,
+                         "the servers, their roles, states and positions")
+    add_json(status)
+    add_min_secondaries(status)
+    history_ = add_command(sub, "history", cmd_history,
+                           "the epochs: which server was primary, since when")
+    add_json(history_)
+    promote = add_command(sub, "promote", cmd_promote,
+                          "make a secondary the primary (the primary is "
+                          "dead)")
+    promote.add_argument("--to", metavar="NAME",
+                         help="the server to promote (default: the most "
+                         "up-to-date candidate)")
     promote.add_argument("--force", action="store_true",
-                         help="even though the primary is registered")
-    promote.add_argument("--timeout", type=float, default=60.0)
-    promote.set_defaults(func=cmd_promote)
-    switchover = sub.add_parser("switchover", help="planned, loss-free "
-                                "change of primary")
-    switchover.add_argument("url")
-    switchover.add_argument("--to", metavar="NAME")
+                         help="even though the primary is registered (it "
+                         "is hung or cut off); asks for confirmation")
+    add_yes(promote)
+    promote.add_argument("--timeout", type=float, default=60.0,
+                         metavar="SECONDS",
+                         help="give up (and withdraw the request) after this")
+    switchover = add_command(sub, "switchover", cmd_switchover,
+                             "planned, loss-free change of primary; asks "
+                             "for confirmation")
+    switchover.add_argument("--to", metavar="NAME",
+                            help="the server to hand over to (default: a "
+                            "caught-up secondary)")
+    add_yes(switchover)
     switchover.add_argument("--timeout", type=float, default=20.0,
+                            metavar="SECONDS",
                             help="give up (and give the primary back) after "
                             "this; below the primary's own 30 s limit")
-    switchover.set_defaults(func=cmd_switchover)
-    pause = sub.add_parser("pause", help="pause automatic failover")
-    pause.add_argument("url")
-    pause.set_defaults(func=cmd_pause)
-    resume = sub.add_parser("resume", help="resume automatic failover")
-    resume.add_argument("url")
-    resume.set_defaults(func=cmd_resume)
+    add_command(sub, "pause", cmd_pause, "pause automatic failover")
+    add_command(sub, "resume", cmd_resume, "resume automatic failover")
     from .monitoring import add_commands
     add_commands(sub)
     from . import pack
@@ -434,8 +605,28 @@ def connection_settings(args, environ=None):
         **credential)
 
 
+def parse_args(p, argv):
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        # Reported by the command's own rules (check: UNKNOWN).
+        p.usage_status = getattr(args, "usage_status", EXIT_USAGE)
+        p.error("unrecognized arguments: " + " ".join(extra))
+    return args
+
+
+def connect(args, timeout=10.0):
+    """The command's Cluster: ZooKeeper connected within ``timeout``, with
+    the credential and TLS settings of the command line or environment
+    (ValueError if they are wrong)."""
+    return Cluster(args.url, timeout, settings=connection_settings(args))
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    started = time.monotonic()
+    args = parse_args(parser(), argv)
+    if getattr(args, "plugin", None) is not None:
+        # A monitoring plugin answers within its timeout, whatever happens.
+        return args.plugin(args, connect, started)
     try:
         settings = connection_settings(args)
     except ValueError as e:
@@ -445,17 +636,9 @@ def main(argv=None):
         cluster = Cluster(args.url, settings=settings)
     except NoAuthError:
         message = zk.no_auth_message(None, args.url, "read", settings)
-        unknown = getattr(args, "unknown_status", None)
-        if unknown is not None:
-            print(f"ZKZEO UNKNOWN - {message}")
-            return unknown
         print(f"zkzeo: {message}", file=sys.stderr)
         return EXIT_FAILED
     except (LayoutError, zk.ZooKeeperUnreachable) as e:
-        unknown = getattr(args, "unknown_status", None)
-        if unknown is not None:        # a monitoring plugin's UNKNOWN
-            print(f"ZKZEO UNKNOWN - {e}")
-            return unknown
         print(f"zkzeo: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, LayoutError) else EXIT_FAILED
     try:

@@ -24,7 +24,7 @@ from kazoo.protocol.states import KazooState
 
 from replication.storage import Role
 
-from . import ha
+from . import ha, history
 from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY,
                      STOPPED)
 from .lease import Lease
@@ -313,6 +313,7 @@ class Controller:
                         "over; deciding again", self.name)
             self._wake.set()
             return
+        history.record_later(self.zk, self.view.path, fresh.state, state)
         logger.warning("%s is primary in epoch %d (was %s in epoch %d)",
                        self.name, state.epoch, fresh.state.primary,
                        fresh.state.epoch)

@@ -7,6 +7,7 @@ secondary pack alike, to the same time (``replication/packs.py``).  It
 waits until every registered secondary follows again at the primary's last
 transaction, and says so.
 """
+import argparse
 import time
 
 from ZEO.ClientStorage import ClientStorage
@@ -20,17 +21,17 @@ DAY = 86400
 def add_command(sub):
     pack = sub.add_parser(
         "pack", help="pack the primary; every secondary packs alike",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pack the cluster's primary through ZEO (like zeopack) "
         "to DAYS days ago; its secondaries pack to the same time.")
     pack.add_argument("url")
     pack.add_argument("--days", type=float, default=0.0,
-                      help="keep the history of the last DAYS days "
-                      "(default: %(default)s)")
+                      help="keep the history of the last DAYS days")
     pack.add_argument("--storage", default="1",
-                      help="the ZEO storage name (default: %(default)s)")
+                      help="the ZEO storage name")
     pack.add_argument("--timeout", type=float, default=3600.0,
                       help="seconds to wait for the pack and for the "
-                      "secondaries to follow again (default: %(default)s)")
+                      "secondaries to follow again")
     pack.set_defaults(func=cmd_pack)
 
 

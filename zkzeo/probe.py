@@ -4,8 +4,9 @@ The last transaction, connection counts and whether writes are accepted
 come from the servers (ZEO's own ``server_status`` call), never from
 ZooKeeper: nothing is written there per commit.
 """
-import concurrent.futures
 import logging
+import threading
+import time
 
 from ZEO.ClientStorage import ClientStorage
 from ZEO.Exceptions import ClientDisconnected
@@ -36,10 +37,27 @@ def server_status(address, timeout=5.0):
 
 
 def statuses(addresses, timeout=5.0):
-    """{address: status or None}, asked of all servers at once."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(addresses))) as ex:
-        return dict(zip(addresses, ex.map(
-            lambda a: server_status(a, timeout), addresses)))
+    """{address: status or None}, asked of all servers at once.
+
+    Returns within ``timeout`` (plus a little) whatever happens: a server
+    that accepted the connection but hangs (SIGSTOP, a long GC pause) is
+    None.  Each question runs in a daemon thread, so one that never ends
+    cannot keep the process from exiting (ZEO has no request timeout once
+    connected).
+    """
+    results = {}
+    threads = []
+    for address in addresses:
+        def ask(address=address):
+            results[address] = server_status(address, timeout)
+        thread = threading.Thread(target=ask, daemon=True,
+                                  name=f"zkzeo-probe {address}")
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {address: results.get(address) for address in addresses}
 
 
 def accepts_writes(address, timeout=5.0):

@@ -49,7 +49,7 @@ from replication.config import ReplicationConfig
 
 from replication.storage import ReplicatedStorage
 
-from . import ha, zk
+from . import ha, history, zk
 from .controller import Controller
 from .discovery import ClusterView
 from .layout import PRIMARY, SECONDARY, ServerInfo, format_address
@@ -106,6 +106,8 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
                                 "to bootstrap; deciding again",
                                 self.server_name)
                     continue
+                history.record_later(self.zk, config.path, snapshot.state,
+                                     state)
                 logger.info("%s", sentence)
                 return PRIMARY, state.epoch
             logger.info("%s", sentence)
