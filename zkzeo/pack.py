@@ -24,7 +24,7 @@ def add_command(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pack the cluster's primary through ZEO (like zeopack) "
         "to DAYS days ago; its secondaries pack to the same time.")
-    pack.add_argument("url")
+    pack.add_argument("url", help="the cluster: zk://HOST:PORT[,...]/path or zk:/path")
     pack.add_argument("--days", type=float, default=0.0,
                       help="keep the history of the last DAYS days")
     pack.add_argument("--storage", default="1",
