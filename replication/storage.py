@@ -301,7 +301,13 @@ class ReplicatedStorage(StorageProxy):
             self.fenced = False
             logger.info("%s is primary (epoch %s) at tid %s", self.name,
                         self.epoch, self.lastTransaction().hex())
-            self._drop_clients()
+            if self.lease_until is None:
+                self._drop_clients()
+            else:
+                # A new epoch needs its own lease; whoever grants it makes
+                # clients register again then (reconnect_clients), so that
+                # none registers writable before commits can succeed.
+                self.lease_until = 0.0
 
     def become_secondary(self, source, epoch):
         """Refuse writes and follow ``source`` (in ``epoch``)."""
@@ -353,11 +359,13 @@ class ReplicatedStorage(StorageProxy):
             self.lease_valid()
 
     def isReadOnly(self):
-        # What ZEO asks when a client registers.  Not the lease: a lease
-        # lapses and comes back without any event a client would see, and
-        # a client registered read-only meanwhile would stay so.  Commits
-        # check the lease (NotPrimary).
-        return self.role is not Role.PRIMARY or self.fenced
+        # What ZEO asks when a client registers: read-only until the first
+        # lease of the role is granted (``lease_until`` 0.0), but not when
+        # a lease merely lapses: it comes back without any event a client
+        # would see, and a client registered read-only meanwhile would stay
+        # so.  Commits check the lease itself (NotPrimary).
+        return self.role is not Role.PRIMARY or self.fenced or \
+            self.lease_until == 0.0
 
     def _check_writable(self):
         if self.isReadOnly():

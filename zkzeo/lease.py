@@ -131,7 +131,12 @@ class Lease:
         first = self._first_named.setdefault(epoch, t0)
         if not self.may_take_over(epoch, t0 - first):
             return False
+        first_grant = self.storage.lease_until == 0.0
         self.storage.lease_until = t0 + self.duration
+        if first_grant:
+            # The role's first lease: clients that registered read-only
+            # meanwhile register again, now writable.
+            self.storage.reconnect_clients()
         if self.granted_epoch != epoch:
             self.granted_epoch = epoch
             logger.info("%s holds the write lease of epoch %d", name, epoch)
