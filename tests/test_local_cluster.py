@@ -69,6 +69,13 @@ def test_start_demo_stop(tmp_path):
         assert auth_file.stat().st_mode & 0o077 == 0
         assert_private(out.split("applications use: ")[1].split()[0],
                        auth_file)
+        # Replication needs a shared secret too (the demo below fails over,
+        # so the secondaries really replicate with it).
+        secret = directory / "replication.secret"
+        assert secret.stat().st_mode & 0o077 == 0
+        assert f"secret-file {secret}" in (directory / "s1" /
+                                           "zeo.conf").read_text()
+        assert "Traceback" not in result.stdout + result.stderr
         for name in ("s1", "s2", "s3"):
             status = subprocess.run(
                 [sys.executable, "-m", "zdaemon", "-C",

@@ -91,6 +91,7 @@ class LocalCluster:
             if zookeeper is None:
                 state["zookeeper"] = f"127.0.0.1:{free_port()}"
             state["auth_file"] = self.write_credential()
+            state["replication_secret"] = self.write_replication_secret()
             self.save(state)
         if state["own_zookeeper"]:
             self.start_zookeeper(state)
@@ -114,6 +115,16 @@ class LocalCluster:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"zkzeo:{secrets.token_urlsafe(24)}\n")
+        return path
+
+    def write_replication_secret(self):
+        """A fresh shared secret for replication (secondaries and their
+        source prove they know it; it never crosses the network)."""
+        path = os.path.join(self.directory, "replication.secret")
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
         return path
 
     def cli_options(self, state):
@@ -153,7 +164,10 @@ class LocalCluster:
                 zookeeper_options={"auth-file": state["auth_file"],
                                    "acl": "private"}
                 if state.get("auth_file") else None,
-                replication_options={"reconnect-max-delay": 1}))
+                replication_options=dict(
+                    {"reconnect-max-delay": 1},
+                    **({"secret-file": state["replication_secret"]}
+                       if state.get("replication_secret") else {}))))
         self.write_daemon(name, [sys.executable, "-m", "zkzeo.server",
                                  "-C", conf])
         if not self.running(name):
