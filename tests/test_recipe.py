@@ -64,3 +64,93 @@ zookeeper-acl = world-read
         subprocess.run([control, "stop"], capture_output=True, timeout=120)
     assert "db1" not in tree.by_name()         # stopped cleanly
     tree.close()
+
+
+def run_buildout(tmp_path, cfg):
+    (tmp_path / "buildout.cfg").write_text(cfg)
+    buildout = os.path.join(os.path.dirname(sys.executable), "buildout")
+    result = subprocess.run([buildout, "-c", str(tmp_path / "buildout.cfg")],
+                            cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def realize(conf):
+    """The options zkrunzeo would run with: its own schema parses the
+    generated file (no server is started)."""
+    from zkzeo.server import ZKZEOOptions
+    options = ZKZEOOptions()
+    options.realize(["-C", str(conf)])
+    return options
+
+
+def test_every_zkzeo_setting_is_a_recipe_option(tmp_path):
+    secret = tmp_path / "replication.secret"
+    secret.write_text("s" * 32 + "\n")
+    secret.chmod(0o600)
+    resolver = tmp_path / "resolver"            # conflict-resolution code
+    (resolver / "resolver").mkdir(parents=True)
+    (resolver / "resolver" / "__init__.py").write_text("")
+    (resolver / "setup.py").write_text(
+        "from setuptools import setup\n"
+        "setup(name='resolver', version='1', packages=['resolver'])\n")
+    output = run_buildout(tmp_path, f"""
+[buildout]
+develop = {ROOT} {resolver}
+parts = db1
+offline = true
+
+[db1]
+recipe = zkzeo:server
+zookeeper = 127.0.0.1:2181
+zookeeper-path = /databases/main
+sync-replicas = 1
+sync-timeout = 3.5
+sync-block = true
+rewind-divergent = true
+replicate-blobs = false
+keep-alive-delay = 2.5
+reconnect-max-delay = 7
+secret-file = {secret}
+max-connections = 9
+handshake-timeout = 4
+advertise-host = db1.example.com
+auto-failover = 5
+session-timeout = 12
+log-level = DEBUG
+log-max-size = 1MB
+log-old-files = 3
+effective-user = zope
+eggs = resolver
+pack-days = 7
+zeo-conf-additional =
+    %define EXTRA 1
+""")
+    assert "Unused option" not in output, output
+    var = tmp_path / "var"
+    part = tmp_path / "parts" / "db1"
+    options = realize(part / "zeo.conf")
+    replication = options.storages[0].config
+    assert (replication.sync_replicas, replication.sync_timeout,
+            replication.sync_block, replication.rewind_divergent,
+            replication.replicate_blobs, replication.keep_alive_delay,
+            replication.reconnect_max_delay, replication.secret_file,
+            replication.max_connections, replication.handshake_timeout) == (
+                1, 3.5, True, True, False, 2.5, 7.0, str(secret), 9, 4.0)
+    assert replication.base.config.path == str(
+        var / "filestorage" / "db1" / "Data.fs")
+    assert replication.base.config.blob_dir == str(var / "blobstorage" / "db1")
+    zookeeper = options.zookeeper
+    assert (zookeeper.auto_failover, zookeeper.session_timeout,
+            zookeeper.advertise_host) == (5.0, 12.0, "db1.example.com")
+    conf = (part / "zeo.conf").read_text()
+    assert "level DEBUG" in conf and "max-size 1MB" in conf
+    assert "old-files 3" in conf and conf.rstrip().endswith("%define EXTRA 1")
+    assert "user zope" in (part / "zdaemon.conf").read_text()
+    server = (tmp_path / "bin" / "db1-server").read_text()
+    assert str(resolver) in server           # eggs on the server's path
+    zeopack = (tmp_path / "bin" / "db1-zeopack").read_text()
+    assert "'pack', 'zk://127.0.0.1:2181/databases/main', '--days', '7'" \
+        in zeopack
+    assert (tmp_path / "bin" / "repozo").exists()

@@ -12,7 +12,7 @@ ZDAEMON_CONF = """\
   backoff-limit 10
   start-timeout 60
   stop-timeout 30
-</runner>
+{runner_extra}</runner>
 <eventlog>
   <logfile>
     path {directory}/zdaemon.log
@@ -38,19 +38,21 @@ SERVER_CONF = """\
 {blob_dir}  </filestorage>
 </replication>
 <eventlog>
-  level INFO
+  level {log_level}
   <logfile>
     path {log_file}
-{rotation}    format %(asctime)s %(levelname)s %(name)s %(message)s
+{rotation}    format {log_format}
   </logfile>
 </eventlog>
 """
 
 
-def zdaemon_config(program, directory):
+def zdaemon_config(program, directory, user=None):
     """The text of a zdaemon.conf that runs ``program`` (a command line)
-    with its socket, transcript and log in ``directory``."""
-    return ZDAEMON_CONF.format(program=program, directory=directory)
+    with its socket, transcript and log in ``directory``; ``user``: the
+    user zdaemon switches to when started as root."""
+    return ZDAEMON_CONF.format(program=program, directory=directory,
+                               runner_extra=f"  user {user}\n" if user else "")
 
 
 def _keys(options):
@@ -61,12 +63,14 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
                   log_file="STDOUT", address="127.0.0.1:0",
                   replicate_to="127.0.0.1:0", session_timeout=10,
                   zookeeper_options=None, replication_options=None,
-                  zeo_extra=""):
+                  zeo_extra="", log_level="INFO",
+                  log_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                  log_max_size="10MB", log_old_files=5):
     """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
     (``replicate-from zk:``).  The options dicts add keys to the
     ``<zookeeper>`` and ``<replication>`` sections; ``zeo_extra`` is text
     added to the ``<zeo>`` section (an ``<ssl>`` subsection, say).  A log file (not
-    STDOUT) is rotated by ZConfig: 10 MB, five old files."""
+    STDOUT) is rotated by ZConfig: 10 MB, five old files by default."""
     return SERVER_CONF.format(
         address=address, zeo_extra=zeo_extra, zookeeper=zookeeper,
         path=path, name=name,
@@ -76,6 +80,6 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
         replication_extra=_keys(replication_options or {}),
         file_storage=file_storage,
         blob_dir=f"    blob-dir {blob_dir}\n" if blob_dir else "",
-        log_file=log_file,
+        log_file=log_file, log_level=log_level, log_format=log_format,
         rotation="" if log_file == "STDOUT" else
-        "    max-size 10MB\n    old-files 5\n")
+        f"    max-size {log_max_size}\n    old-files {log_old_files}\n")

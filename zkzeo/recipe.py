@@ -32,6 +32,7 @@ control script ``bin/NAME`` (zdaemon: ``start``, ``stop``, ``status``,
 without the prefix; the credential itself never goes in the buildout (only
 the name of its file).
 """
+import logging
 import os
 
 import zc.buildout
@@ -51,7 +52,56 @@ ZOOKEEPER_OPTIONS = {
     "zookeeper-verify-certs": "verify-certs",
     "zookeeper-check-hostname": "check-hostname",
     "zookeeper-sasl-mechanism": "sasl-mechanism",
+    "advertise-host": "advertise-host",
+    "bootstrap": "bootstrap",
 }
+
+# recipe option -> key of the <replication> section
+REPLICATION_OPTIONS = {
+    name: name for name in (
+        "sync-replicas", "sync-timeout", "sync-block", "rewind-divergent",
+        "replicate-blobs", "keep-alive-delay", "reconnect-max-delay",
+        "secret-file", "max-connections", "handshake-timeout")}
+
+# plone.recipe.zeoserver option -> (our option, or None) and advice
+PLONE_OPTIONS = {
+    "zeo-address": ("address", None),
+    "zeo-var": (None, "give file-storage and blob-dir"),
+    "file-storage": ("file-storage", None),
+    "blob-storage": ("blob-dir", None),
+    "zeo-log": ("log-file", None),
+    "zeo-log-level": ("log-level", None),
+    "zeo-log-format": ("log-format", None),
+    "zeo-log-max-size": ("log-max-size", None),
+    "zeo-log-old-files": ("log-old-files", None),
+    "pack-days": ("pack-days", None),
+    "effective-user": ("effective-user", None),
+    "zeo-conf-additional": ("zeo-conf-additional", None),
+    "eggs": ("eggs", None),
+    "socket-name": (None, "zkzeo sets it to parts/NAME/zdaemon.sock"),
+    "zeo-log-custom": (None, "write an <eventlog> in zeo-conf-additional "
+                       "and leave log-file empty"),
+    "zeopack-script-name": (None, "the script is bin/NAME-zeopack"),
+    "repozo-script-name": (None, "the script is bin/repozo"),
+    "monitor-address": (None, "use `zkzeo metrics` or `zkzeo check` "
+                        "(docs/operations.md, Monitoring)"),
+    "storage-number": (None, "zkzeo serves storage 1"),
+    "authentication-database": (None, "ZEO authentication is gone in ZEO "
+                                "5+; use TLS or secret-file"),
+    "authentication-realm": (None, "ZEO authentication is gone in ZEO 5+; "
+                             "use TLS or secret-file"),
+    "invalidation-queue-size": (None, "not supported yet (a <zeo> key)"),
+    "pack-gc": (None, "zkzeo pack always collects garbage; not supported"),
+    "pack-user": (None, "give zookeeper-auth-file"),
+    "pack-password": (None, "give zookeeper-auth-file"),
+    "read-only": (None, "a zkzeo server's role comes from ZooKeeper"),
+    "relative-paths": (None, "not supported; paths are absolute"),
+    "initialization": (None, "not supported"),
+    "zodb-package": (None, "pin ZODB in [versions]"),
+    "zeo-package": (None, "pin ZEO in [versions]"),
+}
+
+logger = logging.getLogger("zkzeo.recipe")
 
 class Server:
 
@@ -75,17 +125,50 @@ class Server:
         options.setdefault("server-name", name)
         options.setdefault("address", "127.0.0.1:0")
         options.setdefault("replicate-to", "127.0.0.1:0")
-        options.setdefault("file-storage", os.path.join(part, "Data.fs"))
-        options.setdefault("blob-dir", os.path.join(part, "blobs"))
+        self._map_plone_options()
+        var = os.path.join(buildout["buildout"]["directory"], "var")
+        options.setdefault("file-storage", os.path.join(
+            var, "filestorage", name, "Data.fs"))
+        options.setdefault("blob-dir", os.path.join(var, "blobstorage", name))
         options.setdefault("session-timeout", "10")
         options.setdefault("sync-replicas", "0")
         options.setdefault("auto-failover", "")
-        options.setdefault("log-file", os.path.join(part, "server.log"))
+        options.setdefault("log-file", os.path.join(var, "log", f"{name}.log"))
+        options.setdefault("log-level", "INFO")
+        options.setdefault("log-max-size", "10MB")
+        options.setdefault("log-old-files", "5")
+        options.setdefault("eggs", "")
+        options.setdefault("zeo-conf-additional", "")
+
+    def _map_plone_options(self):
+        """A part written for plone.recipe.zeoserver: each of its options
+        is taken under our name, or a warning says what to write."""
+        options = self.options
+        for plone, (ours, advice) in PLONE_OPTIONS.items():
+            if plone not in options:
+                continue
+            if ours is None:
+                logger.warning("[%s] %s (plone.recipe.zeoserver) is ignored: "
+                               "%s", self.name, plone, advice)
+                options[plone]      # mark it used: our warning says it all
+            elif ours != plone:
+                if ours in options:
+                    logger.warning("[%s] %s and %s both given: %s is used",
+                                   self.name, plone, ours, ours)
+                else:
+                    logger.info("[%s] %s (plone.recipe.zeoserver) is taken "
+                                "as %s", self.name, plone, ours)
+                    options[ours] = options[plone]
 
     def install(self):
         options = self.options
         part = options["location"]
         os.makedirs(part, exist_ok=True)
+        # ZConfig wants the parents of the data and log paths to exist.
+        for path in (options["file-storage"], options["blob-dir"],
+                     options["log-file"]):
+            if path and path not in ("STDOUT", "STDERR"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
         zeo_conf = os.path.join(part, "zeo.conf")
         with open(zeo_conf, "w") as f:
             f.write(server_config(
@@ -101,24 +184,44 @@ class Server:
                     for option, key in ZOOKEEPER_OPTIONS.items()
                     if options.get(option)},
                 replication_options={
-                    "sync-replicas": options["sync-replicas"]}))
+                    key: options[option]
+                    for option, key in REPLICATION_OPTIONS.items()
+                    if options.get(option)},
+                log_level=options["log-level"],
+                log_max_size=options["log-max-size"],
+                log_old_files=options["log-old-files"],
+                **({"log_format": options["log-format"]}
+                   if options.get("log-format") else {})))
+            if options["zeo-conf-additional"].strip():
+                f.write(options["zeo-conf-additional"].strip() + "\n")
 
         b = self.buildout["buildout"]
         executable = b["executable"]
         ws = zc.buildout.easy_install.working_set(
-            ["zkzeo", "zdaemon"], executable,
+            ["zkzeo", "zdaemon"] + options["eggs"].split(), executable,
             [b["develop-eggs-directory"], b["eggs-directory"]])
         bin_dir = b["bin-directory"]
         server_script = os.path.join(bin_dir, f"{self.name}-server")
         zdaemon_conf = os.path.join(part, "zdaemon.conf")
         with open(zdaemon_conf, "w") as f:
-            f.write(zdaemon_config(f"{server_script} -C {zeo_conf}", part))
+            f.write(zdaemon_config(f"{server_script} -C {zeo_conf}", part,
+                                   user=options.get("effective-user")))
         scripts = zc.buildout.easy_install.scripts(
             [(f"{self.name}-server", "zkzeo.server", "main")], ws,
             executable, bin_dir)
         scripts += zc.buildout.easy_install.scripts(
             [(self.name, "zdaemon.zdctl", "main")], ws, executable, bin_dir,
             arguments=f"['-C', {zdaemon_conf!r}] + sys.argv[1:]")
+        url = f"zk://{options['zookeeper']}{options['zookeeper-path']}"
+        pack = ["pack", url]
+        if options.get("pack-days"):
+            pack += ["--days", options["pack-days"]]
+        scripts += zc.buildout.easy_install.scripts(
+            [(f"{self.name}-zeopack", "zkzeo.cli", "main")], ws, executable,
+            bin_dir, arguments=f"{pack!r} + sys.argv[1:]")
+        scripts += zc.buildout.easy_install.scripts(
+            [("repozo", "ZODB.scripts.repozo", "main")], ws, executable,
+            bin_dir)
         # Only what we generate: the data in the part stays on uninstall.
         return [zeo_conf, zdaemon_conf] + list(scripts)
 
