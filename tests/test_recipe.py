@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.support import wait_for
+from tests.support import Process, wait_for
 from tests.zk_servers import Tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +60,16 @@ zookeeper-acl = world-read
         assert "program running" in status.stdout
         acls, _ = tree.zk.get_acls(zk_path)      # protected by the credential
         assert {a.id.scheme for a in acls} == {"digest", "world"}
+        # logtail follows the server's log (plone.recipe.zeoserver's habit)
+        logtail = Process([control, "logtail"], tmp_path / "logtail.out")
+        try:
+            wait_for(lambda: "db1" in logtail.output(),
+                     "logtail to show the server's log")
+        finally:
+            logtail.kill()
+        packed = subprocess.run([str(tmp_path / "bin" / "db1-zeopack")],
+                                capture_output=True, text=True, timeout=120)
+        assert packed.returncode == 0, packed.stdout + packed.stderr
     finally:
         subprocess.run([control, "stop"], capture_output=True, timeout=120)
     assert "db1" not in tree.by_name()         # stopped cleanly

@@ -47,12 +47,15 @@ SERVER_CONF = """\
 """
 
 
-def zdaemon_config(program, directory, user=None):
+def zdaemon_config(program, directory, user=None, logfile=None):
     """The text of a zdaemon.conf that runs ``program`` (a command line)
     with its socket, transcript and log in ``directory``; ``user``: the
-    user zdaemon switches to when started as root."""
+    user zdaemon switches to when started as root; ``logfile``: the file
+    its ``logtail`` command follows."""
+    extra = "".join(f"  {key} {value}\n" for key, value in
+                    (("user", user), ("logfile", logfile)) if value)
     return ZDAEMON_CONF.format(program=program, directory=directory,
-                               runner_extra=f"  user {user}\n" if user else "")
+                               runner_extra=extra)
 
 
 def _keys(options):

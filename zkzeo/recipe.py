@@ -152,13 +152,14 @@ class Server:
                                "%s", self.name, plone, advice)
                 options[plone]      # mark it used: our warning says it all
             elif ours != plone:
+                value = options[plone]
                 if ours in options:
                     logger.warning("[%s] %s and %s both given: %s is used",
                                    self.name, plone, ours, ours)
                 else:
                     logger.info("[%s] %s (plone.recipe.zeoserver) is taken "
                                 "as %s", self.name, plone, ours)
-                    options[ours] = options[plone]
+                    options[ours] = value
 
     def install(self):
         options = self.options
@@ -205,7 +206,10 @@ class Server:
         zdaemon_conf = os.path.join(part, "zdaemon.conf")
         with open(zdaemon_conf, "w") as f:
             f.write(zdaemon_config(f"{server_script} -C {zeo_conf}", part,
-                                   user=options.get("effective-user")))
+                                   user=options.get("effective-user"),
+                                   logfile=options["log-file"] if
+                                   options["log-file"] not in
+                                   ("STDOUT", "STDERR") else None))
         scripts = zc.buildout.easy_install.scripts(
             [(f"{self.name}-server", "zkzeo.server", "main")], ws,
             executable, bin_dir)
