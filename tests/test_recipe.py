@@ -164,3 +164,44 @@ zeo-conf-additional =
     assert "'pack', 'zk://127.0.0.1:2181/databases/main', '--days', '7'" \
         in zeopack
     assert (tmp_path / "bin" / "repozo").exists()
+
+
+def test_a_plone_recipe_zeoserver_part_is_mapped_or_warned(tmp_path):
+    output = run_buildout(tmp_path, f"""
+[buildout]
+develop = {ROOT}
+parts = zeoserver
+offline = true
+
+[zeoserver]
+recipe = zkzeo:server
+zookeeper = 127.0.0.1:2181
+zookeeper-path = /databases/plone
+zeo-address = 127.0.0.1:8100
+zeo-log = {tmp_path}/var/log/zeoserver.log
+zeo-log-level = WARNING
+zeo-log-max-size = 2MB
+zeo-log-old-files = 4
+blob-storage = {tmp_path}/var/blobs
+pack-days = 3
+monitor-address = 8101
+authentication-database = {tmp_path}/auth
+invalidation-queue-size = 1000
+""")
+    for plone, advice in (("monitor-address", "zkzeo metrics"),
+                          ("authentication-database", "secret-file"),
+                          ("invalidation-queue-size", "not supported")):
+        assert f"{plone} (plone.recipe.zeoserver) is ignored" in output \
+            and advice in output, output
+    assert "Unused option" not in output, output
+    options = realize(tmp_path / "parts" / "zeoserver" / "zeo.conf")
+    assert options.address[1] == 8100
+    replication = options.storages[0].config
+    assert replication.base.config.blob_dir == str(tmp_path / "var" / "blobs")
+    assert replication.base.config.path == str(
+        tmp_path / "var" / "filestorage" / "zeoserver" / "Data.fs")
+    conf = (tmp_path / "parts" / "zeoserver" / "zeo.conf").read_text()
+    assert f"path {tmp_path}/var/log/zeoserver.log" in conf
+    assert "level WARNING" in conf and "max-size 2MB" in conf
+    assert "old-files 4" in conf
+    assert "'--days', '3'" in (tmp_path / "bin" / "zeoserver-zeopack").read_text()

@@ -122,10 +122,10 @@ class Server:
                     "database's path)")
         part = os.path.join(buildout["buildout"]["parts-directory"], name)
         options["location"] = part
+        self._map_plone_options()
         options.setdefault("server-name", name)
         options.setdefault("address", "127.0.0.1:0")
         options.setdefault("replicate-to", "127.0.0.1:0")
-        self._map_plone_options()
         var = os.path.join(buildout["buildout"]["directory"], "var")
         options.setdefault("file-storage", os.path.join(
             var, "filestorage", name, "Data.fs"))
