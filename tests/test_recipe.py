@@ -134,6 +134,7 @@ log-old-files = 3
 effective-user = zope
 eggs = resolver
 pack-days = 7
+pack-gc = false
 zeo-conf-additional =
     %define EXTRA 1
 """)
@@ -151,6 +152,7 @@ zeo-conf-additional =
     assert replication.base.config.path == str(
         var / "filestorage" / "db1" / "Data.fs")
     assert replication.base.config.blob_dir == str(var / "blobstorage" / "db1")
+    assert replication.base.config.pack_gc is False
     zookeeper = options.zookeeper
     assert (zookeeper.auto_failover, zookeeper.session_timeout,
             zookeeper.advertise_host) == (5.0, 12.0, "db1.example.com")

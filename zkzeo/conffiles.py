@@ -35,7 +35,7 @@ SERVER_CONF = """\
   replicate-to {replicate_to}
 {replication_extra}  <filestorage>
     path {file_storage}
-{blob_dir}  </filestorage>
+{blob_dir}{storage_extra}  </filestorage>
 </replication>
 <eventlog>
   level {log_level}
@@ -68,10 +68,11 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
                   zookeeper_options=None, replication_options=None,
                   zeo_extra="", log_level="INFO",
                   log_format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                  log_max_size="10MB", log_old_files=5):
+                  log_max_size="10MB", log_old_files=5,
+                  storage_options=None):
     """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
     (``replicate-from zk:``).  The options dicts add keys to the
-    ``<zookeeper>`` and ``<replication>`` sections; ``zeo_extra`` is text
+    ``<zookeeper>``, ``<replication>`` and ``<filestorage>`` sections; ``zeo_extra`` is text
     added to the ``<zeo>`` section (an ``<ssl>`` subsection, say).  A log file (not
     STDOUT) is rotated by ZConfig: 10 MB, five old files by default."""
     return SERVER_CONF.format(
@@ -83,6 +84,8 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
         replication_extra=_keys(replication_options or {}),
         file_storage=file_storage,
         blob_dir=f"    blob-dir {blob_dir}\n" if blob_dir else "",
+        storage_extra="".join(f"    {key} {value}\n" for key, value in
+                              (storage_options or {}).items()),
         log_file=log_file, log_level=log_level, log_format=log_format,
         rotation="" if log_file == "STDOUT" else
         f"    max-size {log_max_size}\n    old-files {log_old_files}\n")

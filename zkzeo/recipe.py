@@ -91,7 +91,7 @@ PLONE_OPTIONS = {
     "authentication-realm": (None, "ZEO authentication is gone in ZEO 5+; "
                              "use TLS or secret-file"),
     "invalidation-queue-size": (None, "not supported yet (a <zeo> key)"),
-    "pack-gc": (None, "zkzeo pack always collects garbage; not supported"),
+    "pack-gc": ("pack-gc", None),
     "pack-user": (None, "give zookeeper-auth-file"),
     "pack-password": (None, "give zookeeper-auth-file"),
     "read-only": (None, "a zkzeo server's role comes from ZooKeeper"),
@@ -188,6 +188,8 @@ class Server:
                     key: options[option]
                     for option, key in REPLICATION_OPTIONS.items()
                     if options.get(option)},
+                storage_options={"pack-gc": options["pack-gc"]}
+                if options.get("pack-gc") else {},
                 log_level=options["log-level"],
                 log_max_size=options["log-max-size"],
                 log_old_files=options["log-old-files"],
