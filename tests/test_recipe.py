@@ -32,6 +32,7 @@ zookeeper-path = {zk_path}
 sync-replicas = 0
 auto-failover = 5
 zookeeper-auth-file = {auth_file}
+zookeeper-check-hostname = off
 zookeeper-acl = world-read
 """)
     buildout = os.path.join(os.path.dirname(sys.executable), "buildout")
@@ -67,7 +68,10 @@ zookeeper-acl = world-read
                      "logtail to show the server's log")
         finally:
             logtail.kill()
-        packed = subprocess.run([str(tmp_path / "bin" / "db1-zeopack")],
+        zeopack = tmp_path / "bin" / "db1-zeopack"
+        assert f"'--auth-file', '{auth_file}', '--no-check-hostname'" \
+            in zeopack.read_text()
+        packed = subprocess.run([str(zeopack)],
                                 capture_output=True, text=True, timeout=120)
         assert packed.returncode == 0, packed.stdout + packed.stderr
     finally:

@@ -10,27 +10,29 @@
     server-name = ${:_buildout_section_name_}
     address = 127.0.0.1:0
     replicate-to = 127.0.0.1:0
-    file-storage = ${buildout:parts-directory}/${:_buildout_section_name_}/Data.fs
-    blob-dir = ${buildout:parts-directory}/${:_buildout_section_name_}/blobs
+    file-storage = ${buildout:directory}/var/filestorage/NAME/Data.fs
+    blob-dir = ${buildout:directory}/var/blobstorage/NAME
+    log-file = ${buildout:directory}/var/log/NAME.log
+    log-level = INFO
+    log-max-size = 10MB
+    log-old-files = 5
     session-timeout = 10
     sync-replicas = 0
-    auto-failover =
-    log-file = ${buildout:parts-directory}/${:_buildout_section_name_}/server.log
-    # ZooKeeper security (docs/security-zookeeper.md), none by default:
-    zookeeper-auth-file = /etc/zkzeo/zookeeper.auth   (USER:PASSWORD)
-    zookeeper-acl = private              (off, world-read or private)
-    zookeeper-use-ssl = true
-    zookeeper-ca = /etc/zkzeo/zookeeper-ca.pem
-    zookeeper-certfile = /etc/zkzeo/server.pem
-    zookeeper-keyfile = /etc/zkzeo/server.key
+    # and, zkrunzeo's defaults when not given: the <replication> keys
+    # (REPLICATION_OPTIONS), the <zookeeper> keys (ZOOKEEPER_OPTIONS:
+    # auto-failover, advertise-host, the zookeeper-* security options),
+    # pack-gc, log-format, effective-user, eggs, pack-days,
+    # zeo-conf-additional.
 
 It writes ``parts/NAME/zeo.conf`` and ``parts/NAME/zdaemon.conf``, a
-``bin/NAME-server`` script (zkrunzeo with this buildout's eggs) and the
-control script ``bin/NAME`` (zdaemon: ``start``, ``stop``, ``status``,
-``restart``, ``fg``...).  ``blob-dir`` empty means no blobs.  The
-``zookeeper-*`` security options become the ``<zookeeper>`` section's keys
-without the prefix; the credential itself never goes in the buildout (only
-the name of its file).
+``bin/NAME-server`` script (zkrunzeo with this buildout's eggs and the
+part's ``eggs``), the control script ``bin/NAME`` (zdaemon: ``start``,
+``stop``, ``status``, ``restart``, ``fg``, ``logtail``...),
+``bin/NAME-zeopack`` (``zkzeo pack``) and ``bin/repozo``.  ``blob-dir``
+empty means no blobs.  The credential itself never goes in the buildout
+(only the name of its file).  A part written for plone.recipe.zeoserver
+has its options taken under our names, or a warning says what to write
+(PLONE_OPTIONS).
 """
 import logging
 import os
@@ -102,6 +104,36 @@ PLONE_OPTIONS = {
 }
 
 logger = logging.getLogger("zkzeo.recipe")
+
+def _boolean(value):
+    """ZConfig's boolean spellings; None for unset or unknown."""
+    value = (value or "").strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    return None
+
+
+def zkzeo_command_options(options):
+    """The ``zkzeo`` command's ZooKeeper credential and TLS options that
+    match the server's: the zeopack script connects as the server does."""
+    args = []
+    for option, flag in (("zookeeper-auth-file", "--auth-file"),
+                         ("zookeeper-ca", "--ca"),
+                         ("zookeeper-certfile", "--certfile"),
+                         ("zookeeper-keyfile", "--keyfile"),
+                         ("zookeeper-sasl-mechanism", "--sasl-mechanism")):
+        if options.get(option):
+            args += [flag, options[option]]
+    for option, flag, when in (
+            ("zookeeper-use-ssl", "--use-ssl", True),
+            ("zookeeper-verify-certs", "--no-verify-certs", False),
+            ("zookeeper-check-hostname", "--no-check-hostname", False)):
+        if _boolean(options.get(option)) is when:
+            args.append(flag)
+    return args
+
 
 class Server:
 
@@ -222,6 +254,7 @@ class Server:
         pack = ["pack", url]
         if options.get("pack-days"):
             pack += ["--days", options["pack-days"]]
+        pack += zkzeo_command_options(options)
         scripts += zc.buildout.easy_install.scripts(
             [(f"{self.name}-zeopack", "zkzeo.cli", "main")], ws, executable,
             bin_dir, arguments=f"{pack!r} + sys.argv[1:]")
