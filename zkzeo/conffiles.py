@@ -41,7 +41,7 @@ SERVER_CONF = """\
   level INFO
   <logfile>
     path {log_file}
-{rotation}    format %(asctime)s %(levelname)s %(name)s %(message)s
+{rotation}    format %(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s
   </logfile>
 </eventlog>
 """
