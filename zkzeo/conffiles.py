@@ -33,7 +33,7 @@ SERVER_CONF = """\
 <replication 1>
   replicate-from zk:
   replicate-to {replicate_to}
-{replication_extra}  <filestorage>
+{replication_extra}{replication_sections}  <filestorage>
     path {file_storage}
 {blob_dir}  </filestorage>
 </replication>
@@ -61,11 +61,13 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
                   log_file="STDOUT", address="127.0.0.1:0",
                   replicate_to="127.0.0.1:0", session_timeout=10,
                   zookeeper_options=None, replication_options=None,
-                  zeo_extra=""):
+                  zeo_extra="", replication_sections=""):
     """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
     (``replicate-from zk:``).  The options dicts add keys to the
     ``<zookeeper>`` and ``<replication>`` sections; ``zeo_extra`` is text
-    added to the ``<zeo>`` section (an ``<ssl>`` subsection, say).  A log file (not
+    added to the ``<zeo>`` section (an ``<ssl>`` subsection, say), and
+    ``replication_sections`` to the ``<replication>`` section (a
+    ``<replication-ssl>`` subsection).  A log file (not
     STDOUT) is rotated by ZConfig: 10 MB, five old files."""
     return SERVER_CONF.format(
         address=address, zeo_extra=zeo_extra, zookeeper=zookeeper,
@@ -74,6 +76,7 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
         zookeeper_extra=_keys(zookeeper_options or {}),
         replicate_to=replicate_to,
         replication_extra=_keys(replication_options or {}),
+        replication_sections=replication_sections,
         file_storage=file_storage,
         blob_dir=f"    blob-dir {blob_dir}\n" if blob_dir else "",
         log_file=log_file,
