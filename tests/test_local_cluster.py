@@ -1,6 +1,7 @@
 """The README's local cluster: zdaemon-run ZooKeeper and zkrunzeo servers,
 a narrated failover, and a stop that leaves no process behind."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -75,6 +76,11 @@ def test_start_demo_stop(tmp_path):
         assert secret.stat().st_mode & 0o077 == 0
         assert f"secret-file {secret}" in (directory / "s1" /
                                            "zeo.conf").read_text()
+        # and TLS with the cluster's own CA, where openssl is installed.
+        if shutil.which("openssl"):
+            conf = (directory / "s2" / "zeo.conf").read_text()
+            assert "<replication-ssl>" in conf
+            assert (directory / "tls" / "ca.key").stat().st_mode & 0o077 == 0
         assert "Traceback" not in result.stdout + result.stderr
         for name in ("s1", "s2", "s3"):
             status = subprocess.run(

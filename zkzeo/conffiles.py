@@ -33,7 +33,7 @@ SERVER_CONF = """\
 <replication 1>
   replicate-from zk:
   replicate-to {replicate_to}
-{replication_extra}  <filestorage>
+{replication_extra}{replication_sections}  <filestorage>
     path {file_storage}
 {blob_dir}{storage_extra}  </filestorage>
 </replication>
@@ -66,15 +66,19 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
                   log_file="STDOUT", address="127.0.0.1:0",
                   replicate_to="127.0.0.1:0", session_timeout=10,
                   zookeeper_options=None, replication_options=None,
-                  zeo_extra="", log_level="INFO",
-                  log_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                  zeo_extra="", replication_sections="", log_level="INFO",
+                  log_format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s "
+                  "%(message)s",
                   log_max_size="10MB", log_old_files=5,
                   storage_options=None):
     """The zeo.conf of a zkrunzeo server whose role ZooKeeper decides
     (``replicate-from zk:``).  The options dicts add keys to the
-    ``<zookeeper>``, ``<replication>`` and ``<filestorage>`` sections; ``zeo_extra`` is text
-    added to the ``<zeo>`` section (an ``<ssl>`` subsection, say).  A log file (not
-    STDOUT) is rotated by ZConfig: 10 MB, five old files by default."""
+    ``<zookeeper>``, ``<replication>`` and ``<filestorage>`` sections;
+    ``zeo_extra`` is text added to the ``<zeo>`` section (an ``<ssl>``
+    subsection, say), and ``replication_sections`` to the
+    ``<replication>`` section (a ``<replication-ssl>`` subsection).  A log
+    file (not STDOUT) is rotated by ZConfig: 10 MB, five old files by
+    default."""
     return SERVER_CONF.format(
         address=address, zeo_extra=zeo_extra, zookeeper=zookeeper,
         path=path, name=name,
@@ -82,6 +86,7 @@ def server_config(zookeeper, path, name, file_storage, blob_dir=None,
         zookeeper_extra=_keys(zookeeper_options or {}),
         replicate_to=replicate_to,
         replication_extra=_keys(replication_options or {}),
+        replication_sections=replication_sections,
         file_storage=file_storage,
         blob_dir=f"    blob-dir {blob_dir}\n" if blob_dir else "",
         storage_extra="".join(f"    {key} {value}\n" for key, value in

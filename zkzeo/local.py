@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from . import cli, zk
+from . import cli, localtls, zk
 from .conffiles import server_config, zdaemon_config
 from .zkserver import ZooKeeperServer, free_port
 
@@ -92,6 +92,7 @@ class LocalCluster:
                 state["zookeeper"] = f"127.0.0.1:{free_port()}"
             state["auth_file"] = self.write_credential()
             state["replication_secret"] = self.write_replication_secret()
+            state["tls"] = self.make_certificates()
             self.save(state)
         if state["own_zookeeper"]:
             self.start_zookeeper(state)
@@ -126,6 +127,19 @@ class LocalCluster:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
         return path
+
+    def make_certificates(self):
+        """The cluster's CA for replication TLS, or None (with a sentence)
+        where the openssl command is missing: then the shared secret alone
+        protects replication."""
+        directory = os.path.join(self.directory, "tls")
+        try:
+            localtls.make_authority(directory)
+        except localtls.CertificatesUnavailable as e:
+            say(f"replication without TLS ({e}); its shared secret still "
+                "keeps strangers out")
+            return None
+        return directory
 
     def cli_options(self, state):
         auth_file = state.get("auth_file")
@@ -167,7 +181,9 @@ class LocalCluster:
                 replication_options=dict(
                     {"reconnect-max-delay": 1},
                     **({"secret-file": state["replication_secret"]}
-                       if state.get("replication_secret") else {}))))
+                       if state.get("replication_secret") else {})),
+                replication_sections=localtls.replication_ssl_section(
+                    state["tls"], name) if state.get("tls") else ""))
         self.write_daemon(name, [sys.executable, "-m", "zkzeo.server",
                                  "-C", conf])
         if not self.running(name):

@@ -26,6 +26,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, Id, Permissions, make_digest_acl
 
+from . import zklogs
+
 logger = logging.getLogger(__name__)
 
 EXIT_TIMEOUT = 2.0
@@ -246,6 +248,7 @@ def make_client(hosts, session_timeout=10.0, settings=None, auth=None,
     gives credentials, the ACL of created nodes and TLS; ``auth``
     ("USER:PASSWORD") and ``acl`` (true: world-read) are a shorthand.
     """
+    zklogs.install()          # reconnection warnings: once a minute
     if settings is None:
         settings = Settings(auth=auth, acl=acl or ACL_OFF)
     client = KazooClient(
