@@ -248,6 +248,7 @@ class ReplicatedStorage(StorageProxy):
         self._db = None
         self._degraded_at = None   # tid of the last commit not waited for
         self._role_lock = threading.RLock()
+        self._packing = threading.Lock()
         self._reopen = reopen
         self.source = None
         self.replication_address = None
@@ -559,6 +560,12 @@ class ReplicatedStorage(StorageProxy):
     def _pack_replica(self, state, copied=False):
         # In a thread of the replication hub (the follower waits): pack as
         # the source did, or (a byte copy of its packed file) record it.
+        # close() waits for it: a pack left running would go on writing
+        # next to a closed (or removed) file.
+        with self._packing:
+            return self._pack_replica_now(state, copied)
+
+    def _pack_replica_now(self, state, copied):
         if copied:
             packs.write_state(self.base, state)
             if self.source is not None:
@@ -628,7 +635,8 @@ class ReplicatedStorage(StorageProxy):
             self.follower.stop()
         if self.source is not None:
             self.source.close()
-        self.base.close()
+        with self._packing:          # a replica's pack in progress ends
+            self.base.close()
 
 
 def PrimaryStorage(base, replicate_to, **options):
