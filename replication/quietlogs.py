@@ -8,12 +8,16 @@ voting") and on the client ("from server: ReadOnlyError", "Registration or
 cache validation failed").  These are normal operation in a replicated
 cluster.  ``install()`` adds a logging filter to ZEO's loggers that turns a
 record carrying a ``ReadOnlyError`` into one INFO sentence with the reason
-(a fenced primary's ``ReadOnlyError`` says why it refused).  Every other
+(a fenced primary's ``ReadOnlyError`` says why it refused), and a commit
+that failed for want of acknowledgements (``SyncReplicationTimeout``, which
+the storage has already logged at ERROR) into one line.  Every other
 record, and every other exception, passes unchanged.
 """
 import logging
 
 from ZODB.POSException import ReadOnlyError
+
+from .storage import SyncReplicationTimeout
 
 ZEO_LOGGERS = ("ZEO.asyncio.server", "ZEO.StorageServer",
                "ZEO.asyncio.client")
@@ -23,6 +27,13 @@ class ExpectedRefusals(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, SyncReplicationTimeout):
+            # Already said, at ERROR, by the storage: the commit failed
+            # because no secondary acknowledged it in time.  No traceback.
+            what = record.getMessage().rstrip(": ")
+            record.msg, record.args = "%s %s", (what, exc)
+            record.exc_info = record.exc_text = None
+            return True
         if isinstance(exc, ReadOnlyError) or _is_read_only_reply(record):
             reason = str(exc) if exc is not None and str(exc) else \
                 "it does not accept writes now"

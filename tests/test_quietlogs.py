@@ -5,6 +5,7 @@ import ZEO
 from ZODB.POSException import ReadOnlyError
 
 from replication import quietlogs
+from replication.storage import SyncReplicationTimeout
 from tests.support import wait_for
 
 
@@ -27,12 +28,17 @@ def test_the_filter_keeps_other_errors_and_says_why(caplog):
     log = logging.getLogger("ZEO.StorageServer")
     with caplog.at_level(logging.INFO, logger="ZEO.StorageServer"):
         for exc in (ReadOnlyError("s1 stopped accepting commits (fenced)"),
+                    SyncReplicationTimeout("transaction 0a was not "
+                                           "acknowledged"),
                     KeyError("x")):
             try:
                 raise exc
             except Exception:
                 log.exception("While voting")
-    refused, other = caplog.records
+    refused, timeout, other = caplog.records
+    assert (timeout.levelname, timeout.exc_info) == ("ERROR", None)
+    assert timeout.getMessage() == ("While voting transaction 0a was not "
+                                    "acknowledged")
     assert (refused.levelname, refused.exc_info) == ("INFO", None)
     assert refused.getMessage() == ("While voting: refused, read-only (s1 "
                                     "stopped accepting commits (fenced))")
