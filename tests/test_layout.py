@@ -68,14 +68,14 @@ def snapshot(primary=None, epoch=0, servers=()):
 
 def test_start_decisions_read_as_sentences():
     assert ha.decide_start(snapshot(), "s1", True) == (
-        ha.BOOTSTRAP, "/db names no primary: s1 claims the primary role "
+        ha.Start.BOOTSTRAP, "/db names no primary: s1 claims the primary role "
         "(epoch 1)")
-    assert ha.decide_start(snapshot(), "s1", False)[0] == ha.RUN_SECONDARY
+    assert ha.decide_start(snapshot(), "s1", False)[0] is ha.Start.SECONDARY
     assert ha.decide_start(snapshot("s1", 4), "s1", True) == (
-        ha.RUN_PRIMARY, "/db names s1 primary in epoch 4: starting as "
+        ha.Start.PRIMARY, "/db names s1 primary in epoch 4: starting as "
         "primary")
     assert ha.decide_start(snapshot("s1", 4), "s2", True) == (
-        ha.RUN_SECONDARY, "s1 is primary in epoch 4: s2 starts as its "
+        ha.Start.SECONDARY, "s1 is primary in epoch 4: s2 starts as its "
         "secondary")
 
 

@@ -25,18 +25,12 @@ from kazoo.protocol.states import KazooState
 from replication.storage import Role
 
 from . import ha, history
-from .layout import (CONNECTING, DIVERGED, FOLLOWING, PRIMARY,
-                     STOPPED)
+from .layout import FOLLOWING, PRIMARY, STOPPED
 from .lease import Lease
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.2
-
-_FOLLOWER_STATES = {"connecting": CONNECTING, "following": FOLLOWING,
-                    "catching-up": "catching-up", "diverged": DIVERGED,
-                    "stopped": STOPPED}
-
 
 class Controller:
 
@@ -101,16 +95,10 @@ class Controller:
     # --- what this server knows and says of itself -------------------------
 
     def replication_state(self):
-        storage = self.storage
-        if storage.role is Role.PRIMARY:
+        if self.storage.role is Role.PRIMARY:
             return None
-        report = getattr(storage, "replication_state", None)
-        if report is not None:
-            return report()
-        follower = storage.follower
-        if follower is None:
-            return STOPPED
-        return _FOLLOWER_STATES.get(follower.state.value, STOPPED)
+        # A secondary without a follower does not replicate.
+        return self.storage.replication_state() or STOPPED
 
     def me(self, snapshot):
         now = time.monotonic()
@@ -297,7 +285,7 @@ class Controller:
     def _stand(self, snapshot):
         me = self.me(snapshot)
         self._position = (me.epoch, me.last_tid)
-        self._publish(self.me(snapshot))
+        self._publish(me)            # _info reads the new position
 
     def _take_over(self, snapshot):
         fresh, action, sentence = self._decide_fresh(ha.Action.TAKE_OVER)

@@ -47,10 +47,6 @@ class Start(enum.Enum):
     SECONDARY = "secondary"
 
 
-# Kept for callers of decide_start.
-BOOTSTRAP, RUN_PRIMARY, RUN_SECONDARY = Start
-
-
 class Action(enum.Enum):
     NOTHING = "nothing"
     PROMOTE = "promote"               # the state names me: become primary

@@ -143,10 +143,8 @@ class ZKZEOServer(replication.runzeo.ZEOServer):
     def create_server(self):
         super().create_server()
         config = self.options.zookeeper
+        # A TCP address: check_configuration refused a unix socket.
         address = replication.runzeo.bound_address(self.server)
-        if isinstance(address, str):
-            raise SystemExit("zkrunzeo needs a TCP address for the ZEO "
-                             "server (clients find it in ZooKeeper)")
         info = ServerInfo(
             name=self.server_name, role=self.role,
             address=(self._advertised_host(address[0]), address[1]),
