@@ -4,6 +4,7 @@ import uuid
 import pytest
 from kazoo.client import KazooClient
 
+from tests.zeo_servers import ZEOServer
 from tests.zk_servers import Tree, ZKServer
 from zkzeo.zkserver import ZooKeeperServer
 
@@ -72,4 +73,19 @@ def cluster(tmp_path, zookeeper, zk_path):
         return s.start() if start else s
     yield server
     for s in reversed(started):
+        s.stop()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """servers(name, start=True, **options) -> a ZEOServer (replication
+    without ZooKeeper); every one is stopped at the end."""
+    made = []
+
+    def server(name, start=True, **kw):
+        s = ZEOServer(tmp_path, name, **kw)
+        made.append(s)
+        return s.start() if start else s
+    yield server
+    for s in reversed(made):
         s.stop()

@@ -12,12 +12,12 @@ import time
 import transaction
 from persistent.mapping import PersistentMapping
 from ZEO.Exceptions import ClientDisconnected
-from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError, ReadOnlyError
 
 import zkzeo
 from tests.support import PYTHON, wait_for
-from tests.zk_servers import Tree
+from tests.test_failover import commit, last_tid
+from tests.zk_servers import Tree, address_of
 from zkzeo.zkserver import ZooKeeperServer
 
 RETRIABLE = (ClientDisconnected, ReadOnlyError, ConflictError)
@@ -26,25 +26,6 @@ RETRIABLE = (ClientDisconnected, ReadOnlyError, ConflictError)
 def connected_address(storage):
     protocol = storage._server.client.protocol
     return protocol and protocol.addr
-
-
-def address_of(tree, name):
-    host, port = tree.by_name()[name]["address"].rsplit(":", 1)
-    return (host, int(port))
-
-
-def commit(db, **values):
-    with db.transaction() as conn:
-        for k, v in values.items():
-            setattr(conn.root, k, v)
-
-
-def last_tid(server):
-    fs = FileStorage(server.path, read_only=True)
-    try:
-        return fs.lastTransaction()
-    finally:
-        fs.close()
 
 
 def read(db, function):

@@ -13,14 +13,10 @@ from persistent.mapping import PersistentMapping
 
 from tests.support import PYTHON, wait_for
 from tests.test_failover import commit, last_tid
+from tests.zk_servers import address_of
 
 FAILOVER = {"auto-failover": 1.0}
 SYNC = {"sync-replicas": 1, "sync-timeout": 60, "sync-block": "true"}
-
-
-def address_of(tree, name):
-    host, port = tree.by_name()[name]["address"].rsplit(":", 1)
-    return host, int(port)
 
 
 def state_version(tree):

@@ -14,7 +14,7 @@ from prometheus_client.parser import \
     text_string_to_metric_families as prometheus_families
 
 from tests.support import wait_for
-from zkzeo import cli, zk
+from zkzeo import cli
 from zkzeo.discovery import Snapshot
 from zkzeo.layout import ClusterState
 from zkzeo.monitoring import (CRITICAL, OK, UNKNOWN, WARNING, Pictures,

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import ZODB
 from ZODB.FileStorage import FileStorage
 
 import zkzeo

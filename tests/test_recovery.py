@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import ZEO
 from ZODB.FileStorage import FileStorage
 
@@ -23,7 +22,7 @@ from replication.recovery import recover_torn_transaction
 from replication.secondary import Follower, State
 from tests.replication_support import Cluster, assert_same_history
 from tests.support import replica_db, wait_for
-from tests.zeo_servers import ZEOServer, replication_address
+from tests.zeo_servers import replication_address
 
 # argv: path blob_dir source source_blob_dir count
 #   source "-": commit `count` transactions through ZODB (each with a blob),
@@ -122,24 +121,11 @@ def assert_torn(path, tmp_path):
     return tids
 
 
-@pytest.fixture
-def servers(tmp_path):
-    made = []
-
-    def server(name, **kw):
-        s = ZEOServer(tmp_path, name, **kw)
-        made.append(s)
-        return s
-    yield server
-    for s in reversed(made):
-        s.stop()
-
-
 def test_primary_and_secondary_servers_recover_from_a_torn_transaction(
         servers, tmp_path):
     repl = replication_address()
-    primary = servers("primary", replicate_to=repl)
-    secondary = servers("secondary", replicate_from=repl)
+    primary = servers("primary", start=False, replicate_to=repl)
+    secondary = servers("secondary", start=False, replicate_from=repl)
     # The primary: 1 + 4 commits, then one killed after its vote.
     kill_between_vote_and_finish(primary.path, primary.blobs, 4)
     primary_tids = assert_torn(primary.path, tmp_path)

@@ -35,7 +35,7 @@ from tests.replication_support import (Cluster, assert_same_history, blob,
                                        commit, wait_caught_up)
 from tests.support import replica_db, wait_for
 from tests.zk_servers import ZKServer
-from tests.zeo_servers import ZEOServer, replication_address
+from tests.zeo_servers import replication_address
 
 PLANTED = "planted-4711-do-not-copy"
 
@@ -60,19 +60,6 @@ def write_secret(path, text="0123456789abcdef" * 4):
 @pytest.fixture
 def secret_file(tmp_path):
     return write_secret(tmp_path / "replication.secret")
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started = []
-
-    def server(name, **kw):
-        s = ZEOServer(tmp_path, name, **kw)
-        started.append(s)
-        return s.start()
-    yield server
-    for s in reversed(started):
-        s.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from persistent.mapping import PersistentMapping
 
 from tests.replication_support import Cluster, wait_caught_up
 from tests.support import replica_db, wait_for
-from tests.zeo_servers import ZEOServer, replication_address
+from tests.zeo_servers import replication_address
 
 COMMITS = 400
 
@@ -115,19 +115,6 @@ def test_in_process_db_on_a_secondary_never_sees_a_torn_snapshot(cluster):
         writer.close()
     assert reads > COMMITS
     assert not torn, f"{len(torn)} torn reads of {reads}, e.g. {torn[:5]}"
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started = []
-
-    def server(name, **kw):
-        s = ZEOServer(tmp_path, name, **kw)
-        started.append(s)
-        return s.start()
-    yield server
-    for s in reversed(started):
-        s.stop()
 
 
 def test_zeo_clients_of_a_secondary_server_never_see_a_torn_snapshot(

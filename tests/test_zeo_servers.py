@@ -8,20 +8,7 @@ from ZODB.FileStorage import FileStorage
 
 from tests.replication_support import assert_same_history, blob
 from tests.support import replica_db, wait_for
-from tests.zeo_servers import ZEOServer, replication_address
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started = []
-
-    def server(name, **kw):
-        s = ZEOServer(tmp_path, name, **kw)
-        started.append(s)
-        return s.start()
-    yield server
-    for s in reversed(started):
-        s.stop()
+from tests.zeo_servers import replication_address
 
 
 def read_only_db(server):

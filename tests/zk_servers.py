@@ -46,6 +46,12 @@ class ZKServer(ServerProcess):
         return self
 
 
+def address_of(tree, name):
+    """(host, port) of the server ``name`` registered in ``tree``."""
+    host, port = tree.by_name()[name]["address"].rsplit(":", 1)
+    return host, int(port)
+
+
 class Tree:
     """Reads the test's ZooKeeper path with a real kazoo client."""
 
