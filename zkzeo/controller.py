@@ -158,7 +158,7 @@ class Controller:
     def _publish(self, me):
         info = self._info(me)
         current = self.registration.info
-        if info != current or info.extra != current.extra:
+        if info != current:
             self.registration.update(info)
 
     # --- the loop ----------------------------------------------------------

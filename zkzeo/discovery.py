@@ -175,9 +175,7 @@ class ClusterView:
                         tuple(servers), tuple(problems))
 
     def _set(self, snapshot):
-        changed = snapshot != self.snapshot or any(
-            a.extra != b.extra for a, b in zip(snapshot.servers,
-                                               self.snapshot.servers))
+        changed = snapshot != self.snapshot
         self.snapshot = snapshot
         if changed and self.on_change is not None:
             try:

@@ -212,7 +212,9 @@ class ServerInfo:
     writable: bool = False
     # A secondary's replication state (one of REPLICATION_STATES).
     replication_state: str = None
-    extra: dict = field(default_factory=dict, compare=False)
+    # Part of equality: a change of what a server says (a frozen tid, its
+    # position in an election) is a change of the snapshot.
+    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_node(cls, child, data):
